@@ -1,0 +1,46 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when missing.
+SYSTEM_PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test lint check-java bench clean
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "Spark needs Java 17 or newer, and no 'java' is on PATH."; \
+	  echo "Install a Java 17 runtime, e.g. 'apt-get install openjdk-17-jre-headless'."; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1); \
+	if [ "$${v:-0}" -lt 17 ]; then \
+	  echo "Spark needs Java 17 or newer, but 'java' is version $$v."; \
+	  echo "Install a Java 17 runtime, e.g. 'apt-get install openjdk-17-jre-headless'."; exit 1; fi
+
+$(PY):
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed: setup.py | $(PY)
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.py | $(PY)
+	$(PIP) install --quiet -e ".[test,examples]"
+	touch $@ $(VENV)/.installed
+
+demo: check-java $(VENV)/.installed
+	$(PY) -m distkeras.demo
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: check-java $(VENV)/.installed-test lint
+	$(PY) -m pytest -q
+
+bench: check-java $(VENV)/.installed-test
+	$(PY) bench/data_bench.py
+	$(PY) bench/ps_bench.py
+	$(PY) bench/train_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

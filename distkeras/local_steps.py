@@ -1,0 +1,62 @@
+"""Local training steps on a worker, a whole window per compiled TensorFlow call.
+
+WindowRunner slices a window of rows into batches and runs Keras' own `train_step` on each
+inside one `tf.function` loop, so a window of λ steps costs one Python call, not λ.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class WindowRunner:
+    """Runs windows of training steps on a compiled Keras model (TensorFlow backend).
+
+    Args:
+        model: a compiled keras.Model.
+        batch_size: rows per step; the window's last batch may be smaller.
+    """
+
+    def __init__(self, model, batch_size: int):
+        import tensorflow as tf
+
+        self.model = model
+        self.batch_size = batch_size
+        self._tf = tf
+        self._run = tf.function(self._steps, reduce_retracing=True)
+
+    def _steps(self, x, y):
+        tf = self._tf
+        size = self.batch_size
+        rows = tf.shape(tf.nest.flatten(x)[0])[0]
+        steps = (rows + size - 1) // size
+        # The first step runs outside the loop: Keras creates metric and optimizer variables
+        # lazily on it, and variables cannot be created inside a while loop.
+        self.model.train_step(tf.nest.map_structure(lambda t: t[:size], (x, y)))
+        for step in tf.range(1, steps):
+            start = step * size
+            batch = tf.nest.map_structure(lambda t, s=start: t[s : s + size], (x, y))
+            self.model.train_step(batch)
+        return steps
+
+    def run(self, x, y) -> int:
+        """Trains on all rows of (x, y), batch by batch; returns the number of steps."""
+        return int(self._run(x, y))
+
+    def logs(self) -> dict[str, float]:
+        """The running means of loss and metrics since the last `reset`."""
+        return {
+            name: float(np.mean(value)) for name, value in _flat(self.model.get_metrics_result())
+        }
+
+    def reset(self) -> None:
+        """Starts new running means (at the start of an epoch)."""
+        self.model.reset_metrics()
+
+
+def _flat(results: dict):
+    for name, value in results.items():
+        if isinstance(value, dict):
+            yield from _flat(value)
+        else:
+            yield name, value

@@ -1,0 +1,113 @@
+"""Shipping Keras models to Spark executors.
+
+ModelSpec holds what rebuilds a model anywhere: its architecture (JSON), its weights
+(numpy arrays) and its compile configuration (JSON). It contains no Keras objects, so
+it travels inside a Spark task closure and never depends on unpickling live objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def ensure_keras_model(model: Any, argument: str = "keras_model"):
+    """Returns `model` if it is a `keras.Model`.
+
+    Raises:
+        TypeError: naming `argument` and the type received.
+    """
+    keras = _keras()
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Expected `{argument}` to be a keras.Model. Received: {argument}={model!r} "
+            f"of type {type(model).__name__}"
+        )
+    return model
+
+
+def compile_settings(model, optimizer=None, loss=None, metrics=None) -> dict:
+    """Returns the compile arguments of `model`, with the non-None overrides applied.
+
+    Raises:
+        ValueError: if the model is not compiled and `loss` or `optimizer` is missing.
+    """
+    keras = _keras()
+    settings: dict = {}
+    if model.compiled and model.get_compile_config():
+        settings = keras.saving.deserialize_keras_object(model.get_compile_config())
+    if optimizer is not None:
+        settings["optimizer"] = keras.optimizers.get(optimizer)
+    if loss is not None:
+        settings["loss"] = loss
+    if metrics is not None:
+        settings["metrics"] = metrics
+    missing = [name for name in ("optimizer", "loss") if settings.get(name) is None]
+    if missing:
+        names = " and ".join(f"`{name}`" for name in missing)
+        raise ValueError(
+            f"The model is not compiled and no {names} was given. Compile the model, or pass "
+            f"{names} to the trainer (e.g. worker_optimizer='adam', "
+            f"loss='sparse_categorical_crossentropy'). Received: model.compiled={model.compiled}"
+        )
+    return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A Keras model as plain data: architecture, weights and compile configuration.
+
+    Attributes:
+        architecture: the model's JSON (`model.to_json()`).
+        weights: the model's weights, in `model.get_weights()` order.
+        compile_config: JSON of the compile arguments (optimizer, loss, metrics, ...).
+    """
+
+    architecture: str
+    weights: list[np.ndarray]
+    compile_config: str
+
+    @classmethod
+    def from_model(cls, model, optimizer=None, loss=None, metrics=None) -> ModelSpec:
+        """Captures `model`, compiled with its own settings or the non-None overrides."""
+        keras = _keras()
+        ensure_keras_model(model, "model")
+        settings = compile_settings(model, optimizer, loss, metrics)
+        settings["optimizer"] = keras.optimizers.get(settings["optimizer"])
+        # A fresh optimizer instance: its slots are rebuilt on the executor.
+        settings["optimizer"] = settings["optimizer"].__class__.from_config(
+            settings["optimizer"].get_config()
+        )
+        compile_config = json.dumps(keras.saving.serialize_keras_object(settings))
+        return cls(model.to_json(), [np.asarray(w) for w in model.get_weights()], compile_config)
+
+    def build(self, custom_objects: dict | None = None, weights=None):
+        """Rebuilds the compiled model with these (or the given) weights.
+
+        Args:
+            custom_objects: classes or functions the architecture refers to by name.
+            weights: optional weights to load instead of `self.weights`.
+
+        Returns:
+            A compiled keras.Model.
+        """
+        keras = _keras()
+        with keras.saving.custom_object_scope(custom_objects or {}):
+            model = keras.models.model_from_json(self.architecture)
+            model.compile_from_config(json.loads(self.compile_config))
+        model.set_weights(self.weights if weights is None else weights)
+        return model
+
+    @property
+    def num_bytes(self) -> int:
+        """Total size of the weights in bytes."""
+        return sum(w.nbytes for w in self.weights)

@@ -1,0 +1,107 @@
+"""Spark session and cluster helpers.
+
+get_spark_session: the active session, or an embedded local one whose executors run this
+interpreter. check_java: fail early when Java 17+ is missing. task_slots: how many tasks
+the cluster can run at once (a barrier stage needs one slot per worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+logger = logging.getLogger(__name__)
+
+MIN_JAVA_VERSION = 17
+JAVA_HINT = "Install a Java 17+ runtime (for example `apt-get install openjdk-17-jre-headless`)."
+
+
+def java_version(java: str | None = None) -> int | None:
+    """Returns the major version of `java` (default: from JAVA_HOME or PATH), None if absent."""
+    if java is None:
+        home = os.environ.get("JAVA_HOME")
+        candidate = os.path.join(home, "bin", "java") if home else None
+        java = candidate if candidate and os.path.exists(candidate) else shutil.which("java")
+    if not java:
+        return None
+    try:
+        result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def check_java() -> int:
+    """Returns the Java major version.
+
+    Raises:
+        RuntimeError: if Java is missing or older than 17, naming what to install.
+    """
+    version = java_version()
+    if version is None:
+        raise RuntimeError(
+            f"Spark needs Java {MIN_JAVA_VERSION}+, but no `java` was found. {JAVA_HINT}"
+        )
+    if version < MIN_JAVA_VERSION:
+        raise RuntimeError(
+            f"Spark needs Java {MIN_JAVA_VERSION}+, but `java` is version {version}. {JAVA_HINT}"
+        )
+    return version
+
+
+def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", conf=None):
+    """Returns the active SparkSession, or builds one on `master`.
+
+    Executors are pointed at this interpreter (PYSPARK_PYTHON / PYSPARK_DRIVER_PYTHON), so
+    they import the same Keras; Spark's own logging is kept to warnings.
+
+    Args:
+        master: Spark master URL used when no session is active.
+        app_name: application name for a new session.
+        conf: optional dict of extra Spark settings for a new session.
+
+    Returns:
+        pyspark.sql.SparkSession
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    check_java()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+    )
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, str(value))
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
+
+
+def task_slots(spark) -> int:
+    """Returns how many tasks `spark` can run at once: its cores divided by `spark.task.cpus`."""
+    sc = spark.sparkContext
+    cpus_per_task = int(sc.getConf().get("spark.task.cpus", "1"))
+    local = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", sc.master)
+    if local:
+        cores = local.group(1)
+        total = 1 if cores is None else (os.cpu_count() or 1) if cores == "*" else int(cores)
+    else:
+        cluster = re.fullmatch(r"local-cluster\[(\d+),(\d+),\d+\]", sc.master)
+        total = int(cluster.group(1)) * int(cluster.group(2)) if cluster else sc.defaultParallelism
+    return total // cpus_per_task

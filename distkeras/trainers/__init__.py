@@ -1,0 +1,6 @@
+"""Trainers: a Keras model in, a trained Keras model out, trained over Spark partitions."""
+
+from distkeras.trainers.base import Trainer
+from distkeras.trainers.single import SingleTrainer
+
+__all__ = ["SingleTrainer", "Trainer"]

@@ -1,0 +1,356 @@
+"""The trainer shared by every algorithm: validate, serve, launch, follow, return.
+
+Trainer.train(df) and Trainer.fit(x, y, ...) check their input on the driver, start a
+ParameterServer with the algorithm's rules, run the workers as one Spark barrier stage,
+follow them with a TrainingMonitor (progress, validation, callbacks) and return the
+compiled Keras model with the center weights. Each named trainer only picks an algorithm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from distkeras import data, validation
+from distkeras.algorithms.base import Algorithm
+from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
+from distkeras.monitor import TrainingMonitor
+from distkeras.spark_job import SparkJob
+from distkeras.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
+
+logger = logging.getLogger(__name__)
+
+_X_COLUMN, _Y_COLUMN = "__distkeras_x{}", "__distkeras_y{}"
+
+
+class Trainer:
+    """Trains a Keras model on a Spark DataFrame with `num_workers` workers.
+
+    Args:
+        keras_model: the keras.Model to train (compiled, or with `loss`/`worker_optimizer`).
+        worker_optimizer: optimizer for the workers' local steps; None: the model's.
+        loss: loss; None: the model's.
+        metrics: metrics; None: the model's.
+        features_col: feature column, or a list of them for a model with several inputs.
+        label_col: label column, or a list of them for a model with several outputs.
+        batch_size: rows per local step.
+        num_epoch: passes over the data.
+        num_workers: parallel workers (Spark tasks, all running at once).
+        communication_window: local steps between two exchanges (λ); None: the default.
+        ps_host: address the parameter server binds to and workers connect to; None: the
+            loopback in local mode, else `spark.driver.host`.
+        ps_port: the server's port; 0 picks a free one.
+        worker_timeout: seconds a worker may go without reporting before the run fails.
+        custom_objects: classes and functions the model refers to by name.
+        seed: seed of the workers' shuffles.
+    """
+
+    algorithm_class: type[Algorithm] = Algorithm
+
+    def __init__(
+        self,
+        keras_model,
+        worker_optimizer=None,
+        loss=None,
+        metrics=None,
+        features_col="features",
+        label_col="label",
+        batch_size: int = 32,
+        num_epoch: int = 1,
+        num_workers: int = 2,
+        communication_window: int | None = None,
+        ps_host: str | None = None,
+        ps_port: int = 0,
+        worker_timeout: float = 600.0,
+        custom_objects: dict | None = None,
+        seed: int | None = None,
+    ):
+        self.model = ensure_keras_model(keras_model)
+        self.worker_optimizer = worker_optimizer
+        self.loss = loss
+        self.metrics = metrics
+        compile_settings(self.model, worker_optimizer, loss, metrics)  # fail early
+        self.features_col = validation.column_list("features_col", features_col)
+        self.label_col = validation.column_list("label_col", label_col)
+        self.batch_size = validation.positive_int("batch_size", batch_size)
+        self.num_epoch = validation.positive_int("num_epoch", num_epoch)
+        self.num_workers = validation.positive_int("num_workers", num_workers)
+        if communication_window is not None:
+            validation.positive_int("communication_window", communication_window)
+        self.communication_window = communication_window
+        if not isinstance(ps_port, int) or not 0 <= ps_port < 65536:
+            raise ValueError(
+                f"Expected `ps_port` to be a port number. Received: ps_port={ps_port!r}"
+            )
+        self.ps_host = ps_host
+        self.ps_port = ps_port
+        self.worker_timeout = validation.positive_number("worker_timeout", worker_timeout)
+        self.custom_objects = custom_objects
+        self.seed = seed
+        self.history = None
+        self.parameter_server_stats: dict = {}
+        self.worker_summaries: list[dict] = []
+        self._training_time = 0.0
+
+    # ----------------------------------------------------------------- public API
+
+    def algorithm(self) -> Algorithm:
+        """The algorithm of this trainer, with its parameters."""
+        window = self.communication_window
+        return self.algorithm_class(window or getattr(self.algorithm_class, "default_window", None))
+
+    def train(self, dataframe, shuffle: bool = False, verbose="auto"):
+        """Trains on `dataframe` and returns the compiled model with the trained weights.
+
+        Args:
+            dataframe: a Spark DataFrame with the feature and label columns.
+            shuffle: shuffle each worker's rows at every epoch.
+            verbose: 0 for silence, 1 or "auto" for a progress bar.
+        """
+        self._run(dataframe, self.num_epoch, self.batch_size, None, None, verbose, shuffle)
+        return self.model
+
+    def fit(
+        self,
+        x,
+        y=None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        validation_data=None,
+        callbacks=None,
+        verbose="auto",
+        shuffle: bool = True,
+    ):
+        """Trains like `keras.Model.fit` and returns the `History`.
+
+        Args:
+            x: a Spark DataFrame (columns from `features_col`/`label_col`; `y` must be None),
+                or numpy features (a list of arrays for several inputs).
+            y: numpy labels (a list of arrays for several outputs) when `x` is numpy.
+            epochs: passes over the data; None: `num_epoch`.
+            batch_size: rows per step; None: the trainer's.
+            validation_data: `(x_val, y_val)` numpy arrays or a DataFrame, evaluated on the
+                center weights at each epoch end and logged as `val_*`.
+            callbacks: Keras callbacks.
+            verbose: 0, 1 or "auto".
+            shuffle: shuffle each worker's rows at every epoch.
+        """
+        epochs = self.num_epoch if epochs is None else validation.positive_int("epochs", epochs)
+        batch_size = (
+            self.batch_size
+            if batch_size is None
+            else validation.positive_int("batch_size", batch_size)
+        )
+        spark = self._spark()
+        if _is_dataframe(x):
+            if y is not None:
+                raise TypeError(
+                    "When `x` is a DataFrame the labels come from `label_col`; `y` must be None. "
+                    f"Received: y of type {type(y).__name__}"
+                )
+            df, features, labels = x, self.features_col, self.label_col
+        else:
+            df, features, labels = self._numpy_frame(spark, x, y)
+        val = self._validation_arrays(validation_data)
+        self._run(df, epochs, batch_size, val, callbacks, verbose, shuffle, features, labels)
+        return self.history
+
+    def get_training_time(self) -> float:
+        """Seconds the last training run took, from launch to the last worker's end."""
+        return self._training_time
+
+    # ----------------------------------------------------------------- the run
+
+    def _spark(self):
+        from distkeras.spark import get_spark_session
+
+        return get_spark_session()
+
+    def _numpy_frame(self, spark, x, y):
+        if y is None:
+            raise ValueError("`y` is required when `x` is a numpy array. Received: y=None")
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        ys = list(y) if isinstance(y, (list, tuple)) else [y]
+        arrays = {}
+        for names, values, argument in ((_X_COLUMN, xs, "x"), (_Y_COLUMN, ys, "y")):
+            for i, value in enumerate(values):
+                value = np.asarray(value)
+                if value.dtype.kind not in "biuf":
+                    raise TypeError(
+                        f"Expected `{argument}` to hold numbers. Received: {argument} of dtype "
+                        f"{value.dtype}"
+                    )
+                arrays[names.format(i)] = value
+        lengths = {len(a) for a in arrays.values()}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"`x` and `y` must have the same number of rows. Received: {sorted(lengths)}"
+            )
+        df = data.numpy_to_frame(spark, arrays)
+        return (
+            df,
+            [_X_COLUMN.format(i) for i in range(len(xs))],
+            [_Y_COLUMN.format(i) for i in range(len(ys))],
+        )
+
+    def _validation_arrays(self, validation_data):
+        if validation_data is None:
+            return None
+        if _is_dataframe(validation_data):
+            columns = self.features_col + self.label_col
+            validation.check_columns(validation_data, columns, "validation_data")
+            arrays = data.collect_arrays(validation_data, columns)
+            return data.model_arrays(
+                arrays, self.features_col, self.label_col, self._reshape_targets()
+            )
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            return tuple(validation_data)
+        raise TypeError(
+            "Expected `validation_data` to be (x_val, y_val) or a DataFrame. "
+            f"Received: validation_data of type {type(validation_data).__name__}"
+        )
+
+    def _reshape_targets(self) -> list:
+        shapes = validation.model_input_shapes(self.model)
+        if shapes is None:
+            return [None] * len(self.features_col)
+        return [
+            tuple(s[1:]) if len(s) > 2 and validation.flat_size(s) is not None else None
+            for s in shapes
+        ]
+
+    def _check_input(self, df, features, labels) -> None:
+        validation.check_columns(df, features, "features_col")
+        validation.check_columns(df, labels, "label_col")
+        widths = validation.sample_widths(df, features + labels)
+        validation.check_fit(
+            self.model,
+            {c: widths[c] for c in features},
+            {c: widths[c] for c in labels},
+        )
+
+    def _check_slots(self, spark) -> int:
+        from distkeras.spark import task_slots
+
+        slots = task_slots(spark)
+        if slots < self.num_workers:
+            raise RuntimeError(
+                f"num_workers={self.num_workers}, but the cluster runs only {slots} tasks at "
+                "once, and all workers must run together. Lower `num_workers`, or give Spark "
+                f"more cores (e.g. master 'local[{self.num_workers}]' or more executors)."
+            )
+        return int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
+
+    def _server_host(self, spark) -> str:
+        if self.ps_host:
+            return self.ps_host
+        sc = spark.sparkContext
+        if sc.master.startswith("local"):
+            return "127.0.0.1"
+        return sc.getConf().get("spark.driver.host", "127.0.0.1")
+
+    def _driver_model(self):
+        if self.loss is not None or self.metrics is not None or not self.model.compiled:
+            settings = compile_settings(self.model, self.worker_optimizer, self.loss, self.metrics)
+            self.model.compile(**settings)
+        return self.model
+
+    def _run(
+        self, df, epochs, batch_size, val, callbacks, verbose, shuffle, features=None, labels=None
+    ):
+        import keras
+
+        from distkeras.parameter_server import ParameterServer
+
+        if not _is_dataframe(df):
+            raise TypeError(
+                f"Expected a Spark DataFrame. Received: dataframe of type {type(df).__name__}"
+            )
+        features = features or self.features_col
+        labels = labels or self.label_col
+        self._check_input(df, features, labels)
+        spark = df.sparkSession
+        threads = self._check_slots(spark)
+        algorithm = self.algorithm()
+        model = self._driver_model()
+        spec = ModelSpec.from_model(
+            model, algorithm.worker_optimizer() or self.worker_optimizer, self.loss, self.metrics
+        )
+        verbose = 1 if verbose == "auto" else int(verbose)
+        callback_list = keras.callbacks.CallbackList(
+            callbacks, add_history=True, model=model, epochs=epochs, verbose=verbose
+        )
+        frame = data.columnar_frame(df, features + labels).repartition(self.num_workers)
+        monitor = TrainingMonitor(
+            model,
+            callback_list,
+            self.num_workers,
+            epochs,
+            verbose=verbose,
+            validation=val,
+            batch_size=batch_size,
+            worker_timeout=self.worker_timeout,
+        )
+        round_timeout = self.worker_timeout
+        server = ParameterServer(
+            spec.weights,
+            rule=algorithm.server_rule,
+            host=self._server_host(spark),
+            port=self.ps_port,
+            round_rule=algorithm.round_rule if algorithm.synchronous else None,
+            num_workers=self.num_workers if algorithm.synchronous else None,
+            round_timeout=round_timeout,
+            on_report=monitor.on_report,
+        )
+        job = None
+        started = time.monotonic()
+        model.stop_training = False
+        callback_list.on_train_begin()
+        try:
+            server.start()
+            plan = WorkerPlan(
+                model=spec,
+                algorithm=algorithm,
+                address=server.address,
+                secret=server.secret,
+                feature_cols=features,
+                label_cols=labels,
+                input_shapes=self._reshape_targets(),
+                batch_size=batch_size,
+                num_epoch=epochs,
+                shuffle=shuffle,
+                seed=self.seed,
+                timeout=round_timeout + 60.0,
+                threads=threads,
+                custom_objects=self.custom_objects,
+            )
+            job = SparkJob(
+                spark,
+                lambda: frame.mapInArrow(
+                    lambda batches: train_partition(plan, batches), SUMMARY_SCHEMA, barrier=True
+                ).collect(),
+            )
+            job.start()
+            monitor.follow(job, server)
+            self.worker_summaries = [row.asDict() for row in job.result()]
+        except BaseException:
+            if job is not None:
+                job.cancel()
+                job.join(timeout=30.0)
+            raise
+        finally:
+            self._training_time = time.monotonic() - started
+            self.parameter_server_stats = server.stats()
+            model.set_weights(server.get_weights())
+            server.stop()
+        callback_list.on_train_end(monitor.epoch_logs)
+        self.history = model.history
+        return model
+
+
+def _is_dataframe(value) -> bool:
+    from pyspark.sql import DataFrame
+
+    return isinstance(value, DataFrame)

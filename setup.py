@@ -1,0 +1,27 @@
+"""Installs distkeras: distributed training of Keras 3 models on Apache Spark."""
+
+from setuptools import find_packages, setup
+
+TEST = ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "scikit-learn>=1.3"]
+EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7"]
+
+setup(
+    name="distkeras",
+    version="0.1.0",
+    description="Distributed training of Keras 3 models on Apache Spark",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["distkeras", "distkeras.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "pyspark>=3.5",
+        "numpy",
+        # Spark's columnar (Arrow) transfer of DataFrame partitions needs these two.
+        "pyarrow>=11",
+        "pandas>=2.0,<3",  # PySpark warns that pandas 3 is not yet supported
+    ],
+    extras_require={"test": TEST, "examples": EXAMPLES},
+    entry_points={"console_scripts": ["distkeras=distkeras.cli:main"]},
+)

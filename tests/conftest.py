@@ -1,0 +1,59 @@
+"""Shared fixtures: one local[2] Spark session for the whole run, MNIST arrays, small models."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from distkeras.spark import get_spark_session
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = get_spark_session("local[2]", app_name="distkeras-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """((x_train, y_train), (x_test, y_test)) from ../shared/data/mnist."""
+    from distkeras.datasets import load_mnist
+
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def mnist_frames(spark, mnist):
+    """(train_df, test_df) with a `features` array column and an integer `label`."""
+    from distkeras.data import numpy_to_frame
+
+    (x_train, y_train), (x_test, y_test) = mnist
+    train = numpy_to_frame(spark, {"features": x_train, "label": y_train}).cache()
+    test = numpy_to_frame(spark, {"features": x_test, "label": y_test}).cache()
+    return train, test
+
+
+def mlp(input_dim=784, hidden=(256, 128), classes=10, compile=True, optimizer="adam"):
+    """The tests' MLP (784-256-128-10 by default), compiled for sparse labels."""
+    import keras
+
+    layers = [keras.Input((input_dim,))]
+    layers += [keras.layers.Dense(units, activation="relu") for units in hidden]
+    layers.append(keras.layers.Dense(classes, activation="softmax"))
+    model = keras.Sequential(layers)
+    if compile:
+        model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def accuracy(model, x, y) -> float:
+    """Share of rows whose argmax prediction equals the label."""
+    predictions = model.predict(x, batch_size=512, verbose=0)
+    return float(np.mean(np.argmax(predictions, axis=1) == y))
