@@ -1,0 +1,485 @@
+"""Wire protocol between workers and the parameter server (byte-level spec: docs/protocol.md).
+
+Framing: fixed binary header + JSON metadata + raw array bytes, read into preallocated buffers.
+Messages: types and per-type metadata schema, validated on decode. Handshake: mutual HMAC-SHA256.
+This module knows sockets and bytes only: no model, no update rule, no threads, never pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import hmac
+import io
+import json
+import math
+import os
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from distkeras.errors import AuthenticationError, ProtocolError
+
+MAGIC = b"DKPS"
+VERSION = 1
+HEADER = struct.Struct("!4sBBHIQ")  # magic, version, type, flags, metadata length, payload length
+HEADER_SIZE = HEADER.size  # 20 bytes
+ALIGNMENT = 8  # every array starts at a multiple of 8 bytes inside the payload
+NONCE_SIZE = 32
+MAX_NDIM = 32
+MAX_WORKER_ID = 2**31 - 1
+MAX_CLOCK = 2**63 - 1
+
+# Only plain numeric dtypes travel; little-endian on the wire. Never "O" (object).
+ALLOWED_DTYPES = frozenset(
+    ["|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"]
+)
+
+_CLIENT_LABEL = b"distkeras-client|"
+_SERVER_LABEL = b"distkeras-server|"
+_PADDING = bytes(ALIGNMENT)
+_IOV_MAX = 512  # well below the usual IOV_MAX of 1024
+_DRAIN_CHUNK = 1 << 20
+
+
+class MsgType(enum.IntEnum):
+    """Message types; the numeric values are part of the wire format."""
+
+    CHALLENGE = 1  # server -> client: {"nonce"}
+    RESPONSE = 2  # client -> server: {"digest", "nonce", "worker_id"}
+    WELCOME = 3  # server -> client: {"digest", "clock", "center", "round_mode"}
+    PULL = 10  # client -> server: {}
+    COMMIT = 11  # client -> server: {"worker_id", "clock", "arrays"} + payload
+    COMMIT_PULL = 12  # client -> server: as COMMIT; reply is WEIGHTS
+    REPORT = 13  # client -> server: {"fields"}
+    LEAVE = 14  # client -> server: {}
+    GOODBYE = 15  # client -> server: {}; no reply
+    WEIGHTS = 20  # server -> client: {"clock", "stop", "arrays"} + payload
+    ACK = 21  # server -> client: {"clock", "stop"}
+    ERROR = 22  # either way: {"error"}
+
+
+_HEX_NONCE = ("hex", NONCE_SIZE)
+_HEX_DIGEST = ("hex", hashlib.sha256().digest_size)
+# Required metadata keys per type: key -> kind. Unknown keys are ignored.
+_SCHEMA: dict[MsgType, dict[str, Any]] = {
+    MsgType.CHALLENGE: {"nonce": _HEX_NONCE},
+    MsgType.RESPONSE: {"digest": _HEX_DIGEST, "nonce": _HEX_NONCE, "worker_id": "worker_id"},
+    MsgType.WELCOME: {
+        "digest": _HEX_DIGEST,
+        "clock": "clock",
+        "center": "layout",
+        "round_mode": bool,
+    },
+    MsgType.PULL: {},
+    MsgType.COMMIT: {"worker_id": "worker_id", "clock": "clock", "arrays": "specs"},
+    MsgType.COMMIT_PULL: {"worker_id": "worker_id", "clock": "clock", "arrays": "specs"},
+    MsgType.REPORT: {"fields": dict},
+    MsgType.LEAVE: {},
+    MsgType.GOODBYE: {},
+    MsgType.WEIGHTS: {"clock": "clock", "stop": bool, "arrays": "specs"},
+    MsgType.ACK: {"clock": "clock", "stop": bool},
+    MsgType.ERROR: {"error": str},
+}
+_MSG_TYPES = {int(t): t for t in MsgType}
+
+
+class PeerClosed(ConnectionError):
+    """The peer closed the connection cleanly, between two frames."""
+
+
+class MessageRejected(ProtocolError):
+    """A well-framed message was refused; the frame was consumed, so the stream is still usable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Upper bounds checked on every frame header before anything is allocated.
+
+    Attributes:
+        max_metadata: Largest metadata section accepted, in bytes.
+        max_payload: Largest payload section accepted, in bytes.
+        max_arrays: Largest number of arrays one message may describe.
+    """
+
+    max_metadata: int
+    max_payload: int
+    max_arrays: int
+
+    @classmethod
+    def for_specs(cls, specs: Sequence[tuple[str, tuple[int, ...]]], itemsize: int | None = None):
+        """Limits for messages carrying arrays shaped like `specs`.
+
+        Args:
+            specs: (dtype string, shape) of each array of the model.
+            itemsize: If given, budget this many bytes per element instead of the actual
+                dtype's (lets a server read a wrong-dtype commit's metadata and refuse it by name).
+
+        Returns:
+            Limits with 64 KiB of metadata headroom plus 256 bytes per array.
+        """
+        payload = 0
+        for dtype, shape in specs:
+            size = math.prod(shape)
+            payload += padded(size * (itemsize or np.dtype(dtype).itemsize))
+        n = len(specs)
+        return cls(max_metadata=65536 + 256 * n, max_payload=payload, max_arrays=n)
+
+
+HANDSHAKE_LIMITS = Limits(max_metadata=4096, max_payload=0, max_arrays=0)
+# A client learns the center's layout from WELCOME, whose size it cannot know in advance.
+CLIENT_HANDSHAKE_LIMITS = Limits(max_metadata=16 << 20, max_payload=0, max_arrays=0)
+
+
+@dataclasses.dataclass
+class Message:
+    """A decoded frame.
+
+    Attributes:
+        type: The message type.
+        meta: Validated metadata (see `_SCHEMA` and docs/protocol.md).
+        arrays: Arrays decoded from the payload (views into the receive buffer).
+    """
+
+    type: MsgType
+    meta: dict[str, Any]
+    arrays: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+def padded(nbytes: int) -> int:
+    """Returns `nbytes` rounded up to the payload alignment."""
+    return (nbytes + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def wire_array(array: Any, name: str = "array") -> np.ndarray:
+    """Returns `array` as a C-contiguous little-endian ndarray with an allowed dtype.
+
+    Raises:
+        TypeError: If the dtype is not a plain numeric type (e.g. object or string).
+    """
+    arr = np.asarray(array)
+    dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+    if dtype.str not in ALLOWED_DTYPES:
+        raise TypeError(
+            f"Expected `{name}` to have a numeric dtype (one of {sorted(ALLOWED_DTYPES)}). "
+            f"Received: dtype={arr.dtype}"
+        )
+    return np.asarray(arr, dtype=dtype, order="C")  # keeps 0-d arrays 0-d
+
+
+def array_specs(arrays: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """Returns the JSON description ({"dtype", "shape"}) of each wire array."""
+    return [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays]
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode(
+    msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence[np.ndarray] = ()
+) -> list[Any]:
+    """Encodes one frame as a list of buffers to send in order (arrays are not copied).
+
+    Args:
+        msg_type: The message type.
+        meta: Metadata; "arrays" is filled in from `arrays` when they are given.
+        arrays: Arrays already passed through `wire_array`.
+
+    Returns:
+        [header + metadata bytes, then each array's bytes and padding] for `send_buffers`.
+    """
+    meta = dict(meta or {})
+    if arrays or _SCHEMA[msg_type].get("arrays"):
+        meta["arrays"] = array_specs(arrays)
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    buffers: list[Any] = [b""]
+    payload = 0
+    for arr in arrays:
+        flat = arr.reshape(-1).view(np.uint8)
+        if flat.nbytes:
+            buffers.append(memoryview(flat))
+        pad = padded(flat.nbytes) - flat.nbytes
+        if pad:
+            buffers.append(_PADDING[:pad])
+        payload += flat.nbytes + pad
+    buffers[0] = HEADER.pack(MAGIC, VERSION, int(msg_type), 0, len(raw), payload) + raw
+    return buffers
+
+
+def send_buffers(sock: socket.socket, buffers: Sequence[Any]) -> int:
+    """Sends `buffers` back to back with scatter/gather I/O, handling partial sends.
+
+    Returns:
+        The number of bytes sent.
+    """
+    views = [memoryview(b) for b in buffers]
+    total = sum(v.nbytes for v in views)
+    i = 0
+    while i < len(views):
+        sent = sock.sendmsg(views[i : i + _IOV_MAX])
+        while i < len(views) and sent >= views[i].nbytes:
+            sent -= views[i].nbytes
+            i += 1
+        if sent:
+            views[i] = views[i][sent:]
+    return total
+
+
+def send(
+    sock: socket.socket,
+    msg_type: MsgType,
+    meta: dict[str, Any] | None = None,
+    arrays: Sequence[np.ndarray] = (),
+) -> int:
+    """Encodes and sends one frame; returns the number of bytes sent."""
+    return send_buffers(sock, encode(msg_type, meta, arrays))
+
+
+# ----------------------------------------------------------------------------- decoding
+
+RecvInto = Callable[[memoryview], int]
+
+
+def recv_exact(recv_into: RecvInto, view: memoryview, what: str, at_boundary: bool = False) -> None:
+    """Fills `view` completely from `recv_into`.
+
+    Raises:
+        PeerClosed: If the peer closed before the first byte and `at_boundary` is set.
+        ProtocolError: If the peer closed part-way (a truncated frame).
+    """
+    want = view.nbytes
+    got = 0
+    while got < want:
+        n = recv_into(view[got:])
+        if not n:
+            if at_boundary and got == 0:
+                raise PeerClosed("peer closed the connection")
+            raise ProtocolError(f"peer closed the connection mid-frame: got {got} of {want} {what}")
+        got += n
+
+
+def unpack_header(raw: bytes, limits: Limits) -> tuple[MsgType, int, int]:
+    """Decodes and checks a frame header.
+
+    Returns:
+        (message type, metadata length, payload length).
+
+    Raises:
+        ProtocolError: Wrong magic, version, type or flags, or a length over `limits`.
+    """
+    magic, version, type_code, flags, meta_len, payload_len = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r} (expected {MAGIC!r}): not a distkeras peer")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (expected {VERSION})")
+    msg_type = _MSG_TYPES.get(type_code)
+    if msg_type is None:
+        raise ProtocolError(f"unknown message type {type_code}")
+    if flags:
+        raise ProtocolError(f"reserved header flags must be 0, got {flags:#x}")
+    if meta_len > limits.max_metadata:
+        raise ProtocolError(
+            f"metadata length {meta_len} exceeds the limit of {limits.max_metadata} bytes"
+        )
+    if payload_len > limits.max_payload:
+        raise ProtocolError(
+            f"payload length {payload_len} exceeds the limit of {limits.max_payload} bytes"
+        )
+    return msg_type, meta_len, payload_len
+
+
+def _check_int(value: Any, key: str, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise ProtocolError(f"metadata field {key!r} must be an integer in [{low}, {high}]")
+
+
+def _check_specs(value: Any, key: str, max_arrays: int) -> int:
+    """Validates a list of array specs; returns the payload size they describe."""
+    if not isinstance(value, list):
+        raise ProtocolError(f"metadata field {key!r} must be a list of array specs")
+    if len(value) > max_arrays:
+        raise ProtocolError(f"{len(value)} arrays exceed the limit of {max_arrays}")
+    total = 0
+    for i, spec in enumerate(value):
+        if not isinstance(spec, dict) or set(spec) != {"dtype", "shape"}:
+            raise ProtocolError(f"{key}[{i}] must be an object with exactly 'dtype' and 'shape'")
+        dtype, shape = spec["dtype"], spec["shape"]
+        if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
+            raise ProtocolError(f"{key}[{i}] has disallowed dtype {dtype!r}")
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+            raise ProtocolError(f"{key}[{i}] shape must be a list of at most {MAX_NDIM} integers")
+        size = 1
+        for dim in shape:
+            _check_int(dim, f"{key}[{i}].shape", 0, 2**62)
+            size *= dim
+        total += padded(size * int(dtype[2:]))  # exact Python ints: no overflow
+    return total
+
+
+def decode_metadata(msg_type: MsgType, raw: bytes, payload_len: int, limits: Limits) -> dict:
+    """Parses and validates the JSON metadata of a frame of type `msg_type`.
+
+    Raises:
+        ProtocolError: Invalid JSON or UTF-8, a missing or mistyped field, or array specs
+            whose total size differs from `payload_len`.
+    """
+    try:
+        meta = json.loads(raw.decode("utf-8")) if raw else {}
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"metadata of {msg_type.name} is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"metadata of {msg_type.name} must be a JSON object")
+    described = 0
+    for key, kind in _SCHEMA[msg_type].items():
+        if key not in meta:
+            raise ProtocolError(f"{msg_type.name} metadata lacks field {key!r}")
+        value = meta[key]
+        if kind == "worker_id":
+            _check_int(value, key, 0, MAX_WORKER_ID)
+        elif kind == "clock":
+            _check_int(value, key, 0, MAX_CLOCK)
+        elif kind == "specs":
+            described = _check_specs(value, key, limits.max_arrays)
+        elif kind == "layout":  # the center's layout, announced in WELCOME
+            _check_specs(value, key, limits.max_metadata)
+        elif isinstance(kind, tuple):
+            _check_hex(value, key, kind[1])
+        elif type(value) is not kind:
+            raise ProtocolError(f"metadata field {key!r} must be of type {kind.__name__}")
+    if described != payload_len:
+        raise ProtocolError(
+            f"{msg_type.name} declares a payload of {payload_len} bytes "
+            f"but its arrays describe {described} bytes"
+        )
+    return meta
+
+
+def _check_hex(value: Any, key: str, nbytes: int) -> None:
+    if not isinstance(value, str) or len(value) != 2 * nbytes:
+        raise ProtocolError(f"metadata field {key!r} must be {nbytes} bytes in hex")
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        raise ProtocolError(f"metadata field {key!r} is not hexadecimal") from None
+
+
+def decode_arrays(specs: list[dict[str, Any]], payload: memoryview) -> list[np.ndarray]:
+    """Builds arrays over `payload` with `np.frombuffer` (no copy); specs are pre-validated."""
+    arrays = []
+    offset = 0
+    for spec in specs:
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(spec["shape"])
+        count = math.prod(shape)
+        arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+        arrays.append(arr)
+        offset += padded(count * dtype.itemsize)
+    return arrays
+
+
+Validator = Callable[[MsgType, dict], None]
+BufferFor = Callable[[int], memoryview]
+
+
+def read_frame(
+    recv_into: RecvInto,
+    limits: Limits,
+    validate: Validator | None = None,
+    buffer_for: BufferFor | None = None,
+) -> tuple[Message, int]:
+    """Reads one frame: header, metadata, then the payload into a preallocated buffer.
+
+    Args:
+        recv_into: `socket.recv_into` or any callable with its semantics (0 means EOF).
+        limits: Bounds checked on the header before anything is allocated.
+        validate: Called with (type, metadata) before the payload is read; a `ProtocolError`
+            it raises makes this function discard the payload and raise `MessageRejected`.
+        buffer_for: Returns a writable buffer of at least n bytes for the payload;
+            by default a fresh uninitialized array.
+
+    Returns:
+        (message, number of bytes read).
+
+    Raises:
+        PeerClosed: EOF between frames.
+        MessageRejected: `validate` refused the frame; the stream is still in sync.
+        ProtocolError: Anything malformed; the stream can no longer be trusted.
+    """
+    header = bytearray(HEADER_SIZE)
+    recv_exact(recv_into, memoryview(header), "header bytes", at_boundary=True)
+    msg_type, meta_len, payload_len = unpack_header(bytes(header), limits)
+    raw = bytearray(meta_len)
+    recv_exact(recv_into, memoryview(raw), "metadata bytes")
+    meta = decode_metadata(msg_type, bytes(raw), payload_len, limits)
+    nbytes = HEADER_SIZE + meta_len + payload_len
+    if validate is not None:
+        try:
+            validate(msg_type, meta)
+        except MessageRejected:
+            raise
+        except ProtocolError as exc:
+            _discard(recv_into, payload_len)
+            raise MessageRejected(str(exc)) from None
+    if not payload_len:
+        return Message(msg_type, meta), nbytes
+    # np.empty, unlike bytearray(n), does not zero-fill: recv_into writes each byte once.
+    buf = buffer_for(payload_len) if buffer_for else memoryview(np.empty(payload_len, np.uint8))
+    view = memoryview(buf)[:payload_len]
+    recv_exact(recv_into, view, "payload bytes")
+    return Message(msg_type, meta, decode_arrays(meta["arrays"], view)), nbytes
+
+
+def _discard(recv_into: RecvInto, nbytes: int) -> None:
+    scratch = memoryview(bytearray(min(nbytes, _DRAIN_CHUNK)))
+    while nbytes:
+        chunk = min(nbytes, scratch.nbytes)
+        recv_exact(recv_into, scratch[:chunk], "payload bytes")
+        nbytes -= chunk
+
+
+def parse_frame(data: bytes, limits: Limits) -> Message:
+    """Parses exactly one frame from `data` (the socket path, over an in-memory stream).
+
+    Raises:
+        ProtocolError: If `data` is not exactly one valid frame.
+    """
+    stream = io.BytesIO(data)
+    try:
+        message, nbytes = read_frame(stream.readinto, limits)
+    except PeerClosed:
+        raise ProtocolError("empty input: no frame") from None
+    if nbytes != len(data):
+        raise ProtocolError(f"{len(data) - nbytes} trailing bytes after the frame")
+    return message
+
+
+# ----------------------------------------------------------------------------- handshake
+
+
+def new_nonce() -> str:
+    """Returns a fresh random challenge, hex-encoded."""
+    return os.urandom(NONCE_SIZE).hex()
+
+
+def client_digest(secret: bytes, nonce: str) -> str:
+    """The client's answer to the server's challenge `nonce`."""
+    return hmac.new(secret, _CLIENT_LABEL + bytes.fromhex(nonce), hashlib.sha256).hexdigest()
+
+
+def server_digest(secret: bytes, nonce: str) -> str:
+    """The server's answer to the client's challenge `nonce` (a distinct label: no reflection)."""
+    return hmac.new(secret, _SERVER_LABEL + bytes.fromhex(nonce), hashlib.sha256).hexdigest()
+
+
+def verify_digest(expected: str, received: str, who: str) -> None:
+    """Compares digests in constant time.
+
+    Raises:
+        AuthenticationError: If they differ.
+    """
+    if not hmac.compare_digest(expected.encode(), received.encode()):
+        raise AuthenticationError(f"{who} failed the HMAC challenge: wrong secret")

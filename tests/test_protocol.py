@@ -1,0 +1,241 @@
+"""Tests of distkeras.protocol: framing, metadata validation, handshake digests, fuzzing."""
+
+import io
+import json
+import socket
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distkeras import protocol
+from distkeras.errors import AuthenticationError, ProtocolError
+from distkeras.protocol import HEADER, MAGIC, VERSION, Limits, MsgType
+
+ARRAYS = [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.array(2.5, dtype=np.float16),  # 0-d, 2 bytes: the next array needs padding
+    np.array([True, False, True]),
+    np.arange(5, dtype=np.int64),
+    np.zeros((0, 3), dtype=np.float64),
+]
+LIMITS = Limits.for_specs([(a.dtype.str, a.shape) for a in ARRAYS])
+
+
+def frame(msg_type=MsgType.COMMIT, meta=None, arrays=ARRAYS) -> bytes:
+    meta = {"worker_id": 1, "clock": 0} if meta is None else meta
+    return b"".join(bytes(b) for b in protocol.encode(msg_type, meta, arrays))
+
+
+def raw_frame(meta: bytes, payload: bytes = b"", msg_type=MsgType.PULL, **fields) -> bytes:
+    values = {"magic": MAGIC, "version": VERSION, "flags": 0, "payload_len": len(payload)}
+    values.update(fields)
+    fields = (values["magic"], values["version"], msg_type, values["flags"])
+    return HEADER.pack(*fields, len(meta), values["payload_len"]) + meta + payload
+
+
+def test_round_trip_keeps_dtypes_shapes_and_values():
+    message = protocol.parse_frame(frame(), LIMITS)
+    assert message.type is MsgType.COMMIT
+    assert message.meta["worker_id"] == 1
+    for got, want in zip(message.arrays, ARRAYS):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_payload_arrays_are_aligned():
+    data = frame()
+    meta_len = HEADER.unpack(data[: HEADER.size])[4]
+    payload = np.frombuffer(data, np.uint8, offset=HEADER.size + meta_len)
+    message = protocol.parse_frame(data, LIMITS)
+    assert len(payload) % protocol.ALIGNMENT == 0
+    base = message.arrays[0].ctypes.data
+    assert all((a.ctypes.data - base) % protocol.ALIGNMENT == 0 for a in message.arrays)
+
+
+def test_wire_array_rejects_object_dtype_and_converts_big_endian():
+    with pytest.raises(TypeError, match="dtype"):
+        protocol.wire_array(np.array([object()]), "arrays[0]")
+    with pytest.raises(TypeError, match="dtype"):
+        protocol.wire_array(np.array(["text"]))
+    big = protocol.wire_array(np.arange(3, dtype=">f4"))
+    assert big.dtype.str == "<f4"
+    np.testing.assert_array_equal(big, [0, 1, 2])
+    assert protocol.wire_array(np.float32(1)).shape == ()
+
+
+@pytest.mark.parametrize(
+    "data, keyword",
+    [
+        (raw_frame(b"{}", magic=b"XXXX"), "magic"),
+        (raw_frame(b"{}", version=VERSION + 1), "version"),
+        (raw_frame(b"{}", flags=1), "flags"),
+        (raw_frame(b"{}", msg_type=99), "unknown message type"),
+        (raw_frame(b"{}", payload_len=2**62), "exceeds the limit"),
+        (raw_frame(b"x" * (LIMITS.max_metadata + 1)), "metadata length"),
+        (raw_frame(b"{not json"), "JSON"),
+        (raw_frame(b"\xff\xfe"), "JSON"),
+        (raw_frame(b"[" * 5000 + b"]" * 5000), "JSON"),
+        (raw_frame(b"[1, 2]"), "JSON object"),
+        (raw_frame(b"{}", msg_type=MsgType.COMMIT), "lacks field"),
+        (raw_frame(b'{"error": 3}', msg_type=MsgType.ERROR), "type str"),
+        (raw_frame(b'{"worker_id": true, "clock": 0, "arrays": []}', msg_type=11), "integer"),
+        (raw_frame(b'{"worker_id": 0, "clock": -1, "arrays": []}', msg_type=11), "integer"),
+        (
+            raw_frame(
+                b'{"worker_id": 0, "clock": 0, "arrays": [{"dtype": "|O", "shape": [1]}]}',
+                b"\0" * 8,
+                msg_type=11,
+            ),
+            "disallowed dtype",
+        ),
+        (
+            raw_frame(
+                b'{"worker_id": 0, "clock": 0, "arrays": [{"dtype": "<f4", "shape": [-1]}]}',
+                msg_type=11,
+            ),
+            "integer",
+        ),
+        (
+            raw_frame(
+                b'{"worker_id": 0, "clock": 0, "arrays": [{"dtype": "<f4", "shape": [3]}]}',
+                b"\0" * 8,
+                msg_type=11,
+            ),
+            "describe 16 bytes",
+        ),
+        (raw_frame(b'{"nonce": "zz"}', msg_type=MsgType.CHALLENGE), "hex"),
+        (frame()[:-3], "mid-frame"),
+        (frame()[:10], "mid-frame"),
+        (frame() + b"\0", "trailing"),
+        (b"", "empty"),
+    ],
+)
+def test_malformed_frames_raise_protocol_error_naming_the_problem(data, keyword):
+    with pytest.raises(ProtocolError, match=keyword):
+        protocol.parse_frame(data, LIMITS)
+
+
+def test_too_many_arrays_is_refused():
+    limits = Limits(max_metadata=4096, max_payload=4096, max_arrays=1)
+    with pytest.raises(ProtocolError, match="limit of 1"):
+        protocol.parse_frame(frame(arrays=ARRAYS[:3]), limits)
+
+
+def test_validator_refusal_consumes_the_payload():
+    data = frame() + frame(MsgType.PULL, {}, ())
+    stream = io.BytesIO(data)
+
+    def refuse(msg_type, meta):
+        if msg_type is MsgType.COMMIT:
+            raise ProtocolError("not today")
+
+    with pytest.raises(protocol.MessageRejected, match="not today"):
+        protocol.read_frame(stream.readinto, LIMITS, refuse)
+    message, _ = protocol.read_frame(stream.readinto, LIMITS, refuse)
+    assert message.type is MsgType.PULL  # still in sync with the stream
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_fuzz_arbitrary_bytes(data):
+    _parse_or_protocol_error(data)
+
+
+def _valid_frames():
+    candidates = [
+        frame(),
+        frame(MsgType.PULL, {}, ()),
+        frame(MsgType.REPORT, {"fields": {"epoch": 1}}, ()),
+        frame(MsgType.ACK, {"clock": 3, "stop": False}, ()),
+    ]
+    return st.sampled_from(candidates)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_valid_frames(), st.data())
+def test_fuzz_mutated_valid_frames(data, draw):
+    """Flip, drop or insert bytes of valid frames: deeper coverage than pure noise."""
+    buf = bytearray(data)
+    for _ in range(draw.draw(st.integers(1, 4))):
+        action = draw.draw(st.sampled_from(["flip", "cut", "insert"]))
+        pos = draw.draw(st.integers(0, len(buf) - 1)) if buf else 0
+        if action == "flip" and buf:
+            buf[pos] ^= draw.draw(st.integers(1, 255))
+        elif action == "cut":
+            del buf[pos:]
+        else:
+            buf[pos:pos] = draw.draw(st.binary(min_size=1, max_size=8))
+    _parse_or_protocol_error(bytes(buf))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids),
+        max_leaves=10,
+    ),
+    st.sampled_from(list(MsgType)),
+    st.binary(max_size=64),
+)
+def test_fuzz_metadata_json(meta, msg_type, payload):
+    """Well-framed headers with arbitrary JSON metadata of every message type."""
+    _parse_or_protocol_error(raw_frame(json.dumps(meta).encode(), payload, msg_type=msg_type))
+
+
+def _parse_or_protocol_error(data: bytes) -> None:
+    try:
+        message = protocol.parse_frame(data, LIMITS)
+    except ProtocolError:
+        return
+    assert isinstance(message.type, MsgType)
+    assert isinstance(message.meta, dict)
+    for array in message.arrays:
+        assert array.dtype.str in protocol.ALLOWED_DTYPES
+
+
+def test_send_buffers_handles_partial_sends_and_many_buffers():
+    arrays = [np.full(n % 7 + 1, n, np.int16) for n in range(700)]  # > one sendmsg's iovecs
+    arrays.append(np.arange(3_000_000, dtype=np.float32))  # larger than a socket buffer
+    a, b = socket.socketpair()
+    limits = Limits.for_specs([(x.dtype.str, x.shape) for x in arrays])
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        meta = {"clock": 1, "stop": False}
+        sender = threading.Thread(target=protocol.send, args=(a, MsgType.WEIGHTS, meta, arrays))
+        sender.start()
+        message, nbytes = protocol.read_frame(b.recv_into, limits)
+        sender.join()
+    assert nbytes > 12_000_000
+    for got, want in zip(message.arrays, arrays, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_peer_closing_mid_frame_raises_instead_of_spinning():
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(frame()[:50])
+        a.close()
+        with pytest.raises(ProtocolError, match="mid-frame"):
+            protocol.read_frame(b.recv_into, LIMITS)
+
+
+def test_peer_closing_between_frames_is_peer_closed():
+    a, b = socket.socketpair()
+    with b:
+        a.close()
+        with pytest.raises(protocol.PeerClosed):
+            protocol.read_frame(b.recv_into, LIMITS)
+
+
+def test_digests_are_role_bound_and_compared():
+    secret = b"k" * 32
+    nonce = protocol.new_nonce()
+    assert protocol.client_digest(secret, nonce) != protocol.server_digest(secret, nonce)
+    expected = protocol.client_digest(secret, nonce)
+    protocol.verify_digest(expected, protocol.client_digest(secret, nonce), "client")
+    with pytest.raises(AuthenticationError, match="client"):
+        protocol.verify_digest(expected, protocol.client_digest(b"x" * 32, nonce), "client")
