@@ -1,0 +1,549 @@
+"""Tests of distkeras.parameter_server over real loopback sockets: service, faults, rounds."""
+
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from distkeras import protocol
+from distkeras.errors import AuthenticationError, DistKerasError, ProtocolError
+from distkeras.parameter_server import Client, ParameterServer
+from distkeras.protocol import HEADER, MAGIC, VERSION, MsgType
+
+SHAPES = [(4, 3), (5,)]
+
+
+def zeros():
+    return [np.zeros(s, np.float32) for s in SHAPES]
+
+
+def delta(value):
+    """Integer-valued float32 deltas: sums are exact, so centers compare with ==."""
+    return [np.full(s, value, np.float32) for s in SHAPES]
+
+
+def assert_center(ps, total, updates):
+    for got, want in zip(ps.get_weights(), delta(total)):
+        np.testing.assert_array_equal(got, want)
+    assert ps.num_updates == updates
+
+
+def server_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    yield
+    assert not server_threads()
+
+
+@pytest.fixture
+def ps():
+    with ParameterServer(zeros()) as server:
+        yield server
+
+
+def connect(ps, authenticate=True, worker_id=0):
+    """A raw socket to `ps`, optionally past the handshake (done by hand with the protocol)."""
+    sock = socket.create_connection(ps.address, timeout=5)
+    challenge = read(sock)
+    assert challenge.type is MsgType.CHALLENGE
+    if authenticate:
+        response = {
+            "digest": protocol.client_digest(ps.secret, challenge.meta["nonce"]),
+            "nonce": protocol.new_nonce(),
+            "worker_id": worker_id,
+        }
+        protocol.send(sock, MsgType.RESPONSE, response)
+        assert read(sock).type is MsgType.WELCOME
+    return sock
+
+
+def read(sock):
+    limits = protocol.Limits(1 << 20, 1 << 20, 16)
+    return protocol.read_frame(sock.recv_into, limits)[0]
+
+
+def expect_error(sock, keyword):
+    reply = read(sock)
+    assert reply.type is MsgType.ERROR, reply
+    assert keyword in reply.meta["error"]
+
+
+def commit_frame(arrays, worker_id=0, clock=0):
+    buffers = protocol.encode(MsgType.COMMIT, {"worker_id": worker_id, "clock": clock}, arrays)
+    return b"".join(bytes(b) for b in buffers)
+
+
+def header(msg_type=MsgType.PULL, meta_len=0, payload_len=0, magic=MAGIC, version=VERSION):
+    return HEADER.pack(magic, version, msg_type, 0, meta_len, payload_len)
+
+
+def still_serving(ps, total, updates):
+    """A well-behaved client still works, and the center holds only the valid commits."""
+    with Client(ps.address, ps.secret, worker_id=7) as client:
+        client.pull()
+        client.commit(delta(1))
+    assert_center(ps, total + 1, updates + 1)
+
+
+# ----------------------------------------------------------------------------- service
+
+
+def test_pull_commit_and_commit_and_pull(ps):
+    with Client(ps.address, ps.secret) as client:
+        assert all((w == 0).all() for w in client.pull())
+        client.commit(delta(2))
+        weights = client.commit_and_pull(delta(3))
+        assert client.clock == 2 == ps.clock
+        np.testing.assert_array_equal(weights[0], delta(5)[0])
+    assert_center(ps, 5, 2)
+    stats = ps.stats()
+    assert stats["bytes_received"] > 0 and stats["bytes_sent"] > 0
+    assert stats["rejected"] == 0
+
+
+def test_get_and_set_weights(ps):
+    ps.set_weights(delta(4))
+    assert_center(ps, 4, 0)
+    ps.get_weights()[0][:] = 99  # a copy
+    assert_center(ps, 4, 0)
+    with pytest.raises(ValueError, match="shape"):
+        ps.set_weights([np.zeros((3, 4), np.float32), np.zeros(5, np.float32)])
+    with pytest.raises(ValueError, match="2 arrays"):
+        ps.set_weights(delta(1)[:1])
+
+
+def test_constructor_validates_arguments():
+    with pytest.raises(ValueError, match="weights"):
+        ParameterServer([])
+    with pytest.raises(TypeError, match="dtype"):
+        ParameterServer([np.array(["a"])])
+    with pytest.raises(ValueError, match="num_workers"):
+        ParameterServer(zeros(), round_rule=lambda c, commits: None)
+    with pytest.raises(TypeError, match="secret"):
+        ParameterServer(zeros(), secret="text")
+
+
+def test_sixteen_clients_commit_at_once(ps):
+    barrier = threading.Barrier(16)
+    errors = []
+
+    def work(worker_id):
+        try:
+            with Client(ps.address, ps.secret, worker_id=worker_id) as client:
+                barrier.wait()
+                for step in range(5):
+                    client.commit_and_pull(delta(worker_id + step))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    total = sum(w + s for w in range(16) for s in range(5))
+    assert_center(ps, total, 80)
+    assert ps.clock == 80
+
+
+def test_staleness_is_server_clock_minus_pull_clock():
+    seen = []
+
+    def rule(center, arrays, staleness):
+        seen.append(staleness)
+        for c, a in zip(center, arrays):
+            c += a
+
+    with ParameterServer(zeros(), rule=rule) as ps:
+        with Client(ps.address, ps.secret, 0) as slow, Client(ps.address, ps.secret, 1) as fast:
+            slow.pull()
+            for _ in range(3):
+                fast.pull()
+                fast.commit(delta(1))
+            slow.commit(delta(1))
+            assert slow.clock == 0  # commit alone does not move the pull clock
+        assert seen == [0, 0, 0, 3]
+        stats = ps.stats()
+        assert stats["max_staleness"] == 3 and stats["mean_staleness"] == 0.75
+        assert_center(ps, 4, 4)
+
+
+def test_commit_clock_from_the_future_is_refused(ps):
+    sock = connect(ps)
+    with sock:
+        sock.sendall(commit_frame(delta(1), clock=99))
+        expect_error(sock, "ahead of the server clock")
+    still_serving(ps, 0, 0)
+
+
+def test_request_stop_propagates(ps):
+    with Client(ps.address, ps.secret) as client:
+        client.pull()
+        assert not client.stop_requested
+        ps.request_stop()
+        client.commit(delta(1))
+        assert client.stop_requested
+    assert_center(ps, 1, 1)
+
+
+def test_on_report_receives_dicts():
+    reports = []
+    with ParameterServer(zeros(), on_report=reports.append) as ps:
+        with Client(ps.address, ps.secret, worker_id=3) as client:
+            client.report(epoch=1, samples=640, logs={"loss": 0.25}, epoch_done=True)
+            with pytest.raises(TypeError, match="JSON"):
+                client.report(bad=object())
+    assert reports == [
+        {"epoch": 1, "samples": 640, "logs": {"loss": 0.25}, "epoch_done": True, "worker_id": 3}
+    ]
+
+
+def test_failing_on_report_is_reported_to_the_worker():
+    def explode(report):
+        raise RuntimeError("progress bar broke")
+
+    with ParameterServer(zeros(), on_report=explode) as ps:
+        with Client(ps.address, ps.secret) as client:
+            with pytest.raises(DistKerasError, match="progress bar broke"):
+                client.report(epoch=0)
+            client.commit(delta(1))  # the connection survives
+        assert_center(ps, 1, 1)
+
+
+def test_failing_rule_sets_failure():
+    def rule(center, arrays, staleness):
+        raise ArithmeticError("bad rule")
+
+    with ParameterServer(zeros(), rule=rule) as ps:
+        with Client(ps.address, ps.secret) as client:
+            with pytest.raises(DistKerasError, match="bad rule"):
+                client.commit(delta(1))
+            with pytest.raises(DistKerasError, match="failed"):
+                client.pull()
+        assert "bad rule" in str(ps.failure)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_random_bytes(ps, authenticated):
+    sock = connect(ps, authenticate=authenticated)
+    with sock:
+        sock.sendall(b"\x00junk" + os.urandom(200))
+        expect_error(sock, "magic")
+    still_serving(ps, 0, 0)
+    assert ps.stats()["rejected"] == 1
+
+
+@pytest.mark.parametrize(
+    "frame, keyword",
+    [
+        (header(magic=b"HTTP"), "magic"),
+        (header(version=VERSION + 1), "version"),
+        (header(MsgType.COMMIT, 10, 2**62), "exceeds the limit"),
+        (header(MsgType.COMMIT, 2**32 - 1, 0), "exceeds the limit"),
+    ],
+)
+def test_bad_headers_are_refused_before_allocating(ps, frame, keyword):
+    sock = connect(ps)
+    with sock:
+        sock.sendall(frame)
+        expect_error(sock, keyword)
+        assert sock.recv(1) == b""  # then the server closes the connection
+    still_serving(ps, 0, 0)
+
+
+@pytest.mark.parametrize("cut", [10, HEADER.size + 5, -20])
+def test_client_disconnecting_mid_commit(ps, cut):
+    with Client(ps.address, ps.secret) as client:
+        client.commit(delta(2))
+    sock = connect(ps)
+    sock.sendall(commit_frame(delta(1))[:cut])
+    sock.close()
+    deadline = time.monotonic() + 5
+    while ps.stats()["rejected"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ps.stats()["rejected"] == 1
+    still_serving(ps, 2, 1)
+
+
+def test_failed_handshake_wrong_secret(ps):
+    with pytest.raises(AuthenticationError, match="wrong secret"):
+        Client(ps.address, b"not the secret", connect_timeout=2)
+    still_serving(ps, 0, 0)
+    assert ps.stats()["rejected"] == 1
+
+
+@pytest.mark.parametrize(
+    "frame, keyword",
+    [
+        (header(MsgType.PULL), "expected RESPONSE"),
+        (commit_frame(delta(1)), "exceeds the limit of 0"),  # no payload before the handshake
+    ],
+)
+def test_skipped_handshake(ps, frame, keyword):
+    sock = connect(ps, authenticate=False)
+    with sock:
+        sock.sendall(frame)
+        expect_error(sock, keyword)
+    still_serving(ps, 0, 0)
+
+
+def test_client_authenticates_the_server_too():
+    """A fake server that cannot answer the client's challenge is refused by the client."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def impostor():
+        sock, _ = listener.accept()
+        with sock:
+            protocol.send(sock, MsgType.CHALLENGE, {"nonce": protocol.new_nonce()})
+            read(sock)
+            welcome = {"digest": "00" * 32, "clock": 0, "center": [], "round_mode": False}
+            protocol.send(sock, MsgType.WELCOME, welcome)
+            sock.recv(1)
+
+    thread = threading.Thread(target=impostor)
+    thread.start()
+    with listener, pytest.raises(AuthenticationError, match="parameter server"):
+        Client(listener.getsockname(), b"secret", connect_timeout=2)
+    thread.join()
+
+
+@pytest.mark.parametrize(
+    "arrays, keyword",
+    [
+        (delta(1)[:1], "1 arrays, expected 2"),
+        (delta(1) + [np.ones(1, np.float32)], "3 arrays, expected 2"),
+        ([np.ones((3, 4), np.float32), np.ones(5, np.float32)], "shape [3, 4]"),
+        ([a.astype(np.float64) for a in delta(1)], "dtype <f8"),
+        ([a.astype(np.int32) for a in delta(1)], "dtype <i4"),
+    ],
+)
+def test_commit_with_wrong_arrays_is_refused(ps, arrays, keyword):
+    with Client(ps.address, ps.secret) as client:
+        client.commit(delta(1))
+        with pytest.raises(DistKerasError, match=keyword.replace("[", r"\[")):
+            client.commit(arrays)
+        client.commit(delta(1))  # the same connection keeps working
+    assert_center(ps, 2, 2)
+    assert ps.stats()["rejected"] == 1
+
+
+def test_commit_larger_than_the_limit_closes_the_connection(ps):
+    with Client(ps.address, ps.secret) as client:
+        with pytest.raises(DistKerasError, match="exceeds the limit"):
+            client.commit(delta(1) * 3)
+        with pytest.raises((ConnectionError, ProtocolError)):
+            client.pull()
+    still_serving(ps, 0, 0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_commit_is_refused(ps, bad):
+    arrays = delta(1)
+    arrays[1][2] = bad
+    with Client(ps.address, ps.secret) as client:
+        with pytest.raises(DistKerasError, match="NaN or Inf"):
+            client.commit_and_pull(arrays)
+        client.commit(delta(1))
+    assert_center(ps, 1, 1)
+
+
+def test_nonfinite_commit_accepted_when_allowed():
+    with ParameterServer(zeros(), reject_nonfinite=False) as ps:
+        with Client(ps.address, ps.secret) as client:
+            client.commit([np.full(s, np.inf, np.float32) for s in SHAPES])
+        assert np.isinf(ps.get_weights()[0]).all()
+
+
+def test_unexpected_message_type_is_refused(ps):
+    sock = connect(ps)
+    with sock:
+        protocol.send(sock, MsgType.WEIGHTS, {"clock": 0, "stop": False}, delta(1))
+        expect_error(sock, "not a request")
+        protocol.send(sock, MsgType.PULL)  # still in sync
+        assert read(sock).type is MsgType.WEIGHTS
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+def test_stop_joins_threads_releases_port_and_is_idempotent():
+    ps = ParameterServer(zeros()).start()
+    port = ps.address[1]
+    client = Client(ps.address, ps.secret)
+    client.commit(delta(1))
+    idle = socket.create_connection(ps.address)  # stuck in the handshake
+    time.sleep(0.05)
+    assert len(server_threads()) == 3
+    ps.stop()
+    ps.stop()
+    assert not server_threads()
+    with pytest.raises((ConnectionError, ProtocolError, TimeoutError)):
+        client.pull()
+    client.close()
+    client.close()
+    idle.close()
+    with ParameterServer(zeros(), port=port) as again:
+        assert again.address[1] == port
+    with pytest.raises(RuntimeError, match="stopped"):
+        ps.start()
+
+
+def test_client_retries_until_the_server_comes_up():
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    secret = b"s" * 32
+    result = {}
+
+    def connect_late():
+        with Client(("127.0.0.1", port), secret, connect_timeout=10) as client:
+            result["weights"] = client.pull()
+
+    thread = threading.Thread(target=connect_late)
+    thread.start()
+    time.sleep(0.3)
+    with ParameterServer(zeros(), port=port, secret=secret):
+        thread.join()
+    assert len(result["weights"]) == 2
+
+
+def test_client_gives_up_after_connect_timeout():
+    probe = socket.create_server(("127.0.0.1", 0))
+    address = probe.getsockname()
+    probe.close()
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="could not reach"):
+        Client(address, b"s", connect_timeout=0.3)
+    assert time.monotonic() - start < 3
+
+
+def test_client_times_out_on_a_silent_server():
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        with pytest.raises(TimeoutError):
+            Client(silent.getsockname(), b"s", timeout=0.2)
+
+
+# ----------------------------------------------------------------------------- round mode
+
+
+def mean_rule(center, commits):
+    for i, c in enumerate(center):
+        c += sum(commit[i] for commit in commits) / len(commits)
+
+
+def run_workers(target, ids):
+    results, errors = {}, {}
+
+    def run(worker_id):
+        try:
+            results[worker_id] = target(worker_id)
+        except Exception as exc:  # surfaced to the test
+            errors[worker_id] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def round_server(num_workers=3, round_timeout=10.0):
+    return ParameterServer(
+        zeros(), round_rule=mean_rule, num_workers=num_workers, round_timeout=round_timeout
+    )
+
+
+def test_round_completes_with_round_rule_result():
+    with round_server() as ps:
+
+        def work(worker_id):
+            with Client(ps.address, ps.secret, worker_id) as client:
+                client.pull()
+                first = client.commit_and_pull(delta(3 * (worker_id + 1)))
+                client.commit(delta(3))
+                return first, client.clock
+
+        results, errors = run_workers(work, range(3))
+        assert not errors
+        for first, clock in results.values():
+            np.testing.assert_array_equal(first[0], delta(6)[0])  # mean of 3, 6, 9
+            assert clock == 1
+        assert_center(ps, 9, 6)
+        assert ps.clock == 2
+
+
+def test_worker_leaving_early_does_not_stall_the_others():
+    with round_server() as ps:
+
+        def work(worker_id):
+            with Client(ps.address, ps.secret, worker_id) as client:
+                if worker_id == 2:
+                    client.commit(delta(30))  # one round, then out of data
+                    client.leave()
+                    return None
+                for _ in range(3):
+                    client.commit(delta(6))
+                return client.clock
+
+        results, errors = run_workers(work, range(3))
+        assert not errors
+        assert_center(ps, 14 + 6 + 6, 7)  # mean(6, 6, 30) then two rounds of mean(6, 6)
+
+
+def test_disconnect_mid_round_does_not_deadlock():
+    with round_server() as ps:
+        dropout = Client(ps.address, ps.secret, 2)
+
+        def work(worker_id):
+            with Client(ps.address, ps.secret, worker_id) as client:
+                return client.commit_and_pull(delta(4))
+
+        threading.Timer(0.2, dropout.close).start()
+        results, errors = run_workers(work, range(2))
+        assert not errors
+        assert_center(ps, 4, 2)
+
+
+def test_round_timeout_names_missing_workers():
+    with round_server(round_timeout=0.3) as ps:
+
+        def work(worker_id):
+            with Client(ps.address, ps.secret, worker_id) as client:
+                client.commit(delta(1))
+
+        start = time.monotonic()
+        results, errors = run_workers(work, [0, 2])
+        assert time.monotonic() - start < 5
+        assert set(errors) == {0, 2}
+        assert all("[1]" in str(e) for e in errors.values())
+        assert "[1]" in str(ps.failure) and "timed out" in str(ps.failure)
+        assert_center(ps, 0, 0)
+
+
+def test_round_mode_refuses_unknown_and_duplicate_worker_ids():
+    with round_server() as ps:
+        with pytest.raises(DistKerasError, match="outside the round set"):
+            Client(ps.address, ps.secret, worker_id=3)
+        with Client(ps.address, ps.secret, worker_id=1):
+            with pytest.raises(DistKerasError, match="already connected"):
+                Client(ps.address, ps.secret, worker_id=1)
+        with pytest.raises(DistKerasError, match="cannot rejoin"):
+            Client(ps.address, ps.secret, worker_id=1)
+
+
+def test_leave_is_harmless_in_async_mode(ps):
+    with Client(ps.address, ps.secret) as client:
+        client.leave()
+        client.commit(delta(1))
+    assert_center(ps, 1, 1)
