@@ -36,10 +36,8 @@ LINGER_TIMEOUT = 1.0  # seconds spent draining a refused peer so that it can rea
 LINGER_BYTES = 256 << 20
 JOIN_TIMEOUT = 5.0
 SOCKET_BUFFER = 4 << 20
-_SESSION_TYPES = frozenset(
-    [MsgType.PULL, MsgType.COMMIT, MsgType.COMMIT_PULL, MsgType.REPORT, MsgType.LEAVE]
-    + [MsgType.GOODBYE]
-)
+_REQUESTS = (MsgType.PULL, MsgType.COMMIT, MsgType.COMMIT_PULL, MsgType.REPORT, MsgType.LEAVE)
+_SESSION_TYPES = frozenset(_REQUESTS + (MsgType.GOODBYE,))
 
 
 def add_rule(center: list[np.ndarray], arrays: list[np.ndarray], staleness: int) -> None:
