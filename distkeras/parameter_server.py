@@ -1,9 +1,7 @@
-"""Parameter server (driver side) and its client (worker side): transport only.
+"""ParameterServer: holds the center, authenticates clients, applies an injected rule under a lock.
 
-ParameterServer: holds the center weights, authenticates clients, applies an injected update
-rule under one lock (async), or a round rule once every live worker has committed (sync).
-Client: one worker's connection: pull, commit, report, leave. Framing and the handshake live
-in `distkeras.protocol`; update rules live in the algorithms; nothing here knows about Spark.
+Client: one worker's connection (pull, commit, report, leave). Framing and handshake live in
+`distkeras.protocol`, update rules in the algorithms; nothing here knows about Spark.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Wire protocol between workers and the parameter server (byte-level spec: docs/protocol.md).
 
-Framing: fixed binary header + JSON metadata + raw array bytes, read into preallocated buffers.
-Messages: types and per-type metadata schema, validated on decode. Handshake: mutual HMAC-SHA256.
-This module knows sockets and bytes only: no model, no update rule, no threads, never pickle.
+Framing: binary header + JSON metadata + raw array bytes. Messages: types and their metadata
+schema, validated on decode. Handshake: mutual HMAC-SHA256. No model, no rule, no threads here.
 """
 
 from __future__ import annotations
