@@ -99,11 +99,11 @@ class TrainingMonitor:
             return
         while True:
             self._handle(report)
+            self._draw()
             try:
                 report = self.reports.get_nowait()
             except queue.Empty:
-                break
-        self._draw()
+                return
 
     def _check_silence(self) -> None:
         now = time.monotonic()
@@ -151,6 +151,7 @@ class TrainingMonitor:
             self._bar = None
         self.callbacks.on_epoch_end(epoch, logs)
         self.epoch_logs = logs
+        self.latest_logs = {}
         self.epoch = epoch + 1
         if getattr(self.model, "stop_training", False):
             logger.info("a callback stopped training after epoch %d", epoch + 1)

@@ -1,6 +1,7 @@
 """Trainers: a Keras model in, a trained Keras model out, trained over Spark partitions."""
 
+from distkeras.trainers.asynchronous import ADAG, AEASGD, DOWNPOUR, EAMSGD, DynSGD
 from distkeras.trainers.base import Trainer
 from distkeras.trainers.single import SingleTrainer
 
-__all__ = ["SingleTrainer", "Trainer"]
+__all__ = ["ADAG", "AEASGD", "DOWNPOUR", "EAMSGD", "DynSGD", "SingleTrainer", "Trainer"]
