@@ -85,6 +85,7 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.driver.memory", "4g")  # local mode: executors live in the driver JVM
     )
     for key, value in (conf or {}).items():
         builder = builder.config(key, str(value))

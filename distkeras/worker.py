@@ -66,8 +66,15 @@ def train_partition(plan: WorkerPlan, batches):
     try:
         summary = _train(plan, worker_id, batches)
     except Exception as error:
-        raise WorkerError(f"worker {worker_id} failed: {type(error).__name__}: {error}") from error
+        raise WorkerError(f"worker {worker_id} failed: {describe(error)}") from error
     yield pa.RecordBatch.from_pylist([summary])
+
+
+def describe(error: BaseException) -> str:
+    """One line naming the error: its type, first line and, if longer, its last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ... ".join(dict.fromkeys(lines[:1] + lines[-1:]))
+    return f"{type(error).__name__}: {text}"
 
 
 def _configure_threads(threads: int) -> None:

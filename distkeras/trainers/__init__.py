@@ -3,5 +3,16 @@
 from distkeras.trainers.asynchronous import ADAG, AEASGD, DOWNPOUR, EAMSGD, DynSGD
 from distkeras.trainers.base import Trainer
 from distkeras.trainers.single import SingleTrainer
+from distkeras.trainers.synchronous import EASGD, AveragingTrainer
 
-__all__ = ["ADAG", "AEASGD", "DOWNPOUR", "EAMSGD", "DynSGD", "SingleTrainer", "Trainer"]
+__all__ = [
+    "ADAG",
+    "AEASGD",
+    "DOWNPOUR",
+    "EAMSGD",
+    "EASGD",
+    "AveragingTrainer",
+    "DynSGD",
+    "SingleTrainer",
+    "Trainer",
+]
