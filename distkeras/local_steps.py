@@ -24,6 +24,7 @@ class WindowRunner:
         self.batch_size = batch_size
         self._tf = tf
         self._run = tf.function(self._steps, reduce_retracing=True)
+        self._steps_done = 0
 
     def _steps(self, x, y):
         tf = self._tf
@@ -41,10 +42,14 @@ class WindowRunner:
 
     def run(self, x, y) -> int:
         """Trains on all rows of (x, y), batch by batch; returns the number of steps."""
-        return int(self._run(x, y))
+        steps = int(self._run(x, y))
+        self._steps_done += steps
+        return steps
 
     def logs(self) -> dict[str, float]:
-        """The running means of loss and metrics since the last `reset`."""
+        """The running means of loss and metrics since the last `reset` ({} before a step)."""
+        if not self._steps_done:
+            return {}
         return {
             name: float(np.mean(value)) for name, value in _flat(self.model.get_metrics_result())
         }
@@ -52,6 +57,7 @@ class WindowRunner:
     def reset(self) -> None:
         """Starts new running means (at the start of an epoch)."""
         self.model.reset_metrics()
+        self._steps_done = 0
 
 
 def _flat(results: dict):

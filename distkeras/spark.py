@@ -106,3 +106,13 @@ def task_slots(spark) -> int:
         cluster = re.fullmatch(r"local-cluster\[(\d+),(\d+),\d+\]", sc.master)
         total = int(cluster.group(1)) * int(cluster.group(2)) if cluster else sc.defaultParallelism
     return total // cpus_per_task
+
+
+def partition_keys(spark, num_partitions: int) -> list[int]:
+    """Keys k_0..k_{n-1} such that `repartition(n, col)` sends rows with key k_p to partition p."""
+    from pyspark.sql import functions as F
+
+    n = num_partitions
+    buckets = spark.range(0, 64 * n).select("id", F.expr(f"pmod(hash(id), {n})").alias("bucket"))
+    key = {row.bucket: row.id for row in buckets.collect()}
+    return [key[p] for p in range(n)]

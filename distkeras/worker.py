@@ -110,7 +110,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     rng = np.random.default_rng(None if plan.seed is None else plan.seed + worker_id)
     samples = commits = 0
     with Client(plan.address, plan.secret, worker_id=worker_id, timeout=plan.timeout) as client:
-        reference = client.pull()
+        reference = algorithm.local_weights(client.pull(), worker_id)
         model.set_weights(reference)
         client.report(epoch=0, samples=0, rows=rows, logs={})
         last_report = time.monotonic()

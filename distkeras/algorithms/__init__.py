@@ -8,5 +8,16 @@ from distkeras.algorithms.downpour import Downpour
 from distkeras.algorithms.dynsgd import DynSGD
 from distkeras.algorithms.eamsgd import EAMSGD
 from distkeras.algorithms.easgd import EASGD
+from distkeras.algorithms.ensemble import Ensemble
 
-__all__ = ["ADAG", "AEASGD", "Algorithm", "Averaging", "Downpour", "DynSGD", "EAMSGD", "EASGD"]
+__all__ = [
+    "ADAG",
+    "AEASGD",
+    "Algorithm",
+    "Averaging",
+    "Downpour",
+    "DynSGD",
+    "EAMSGD",
+    "EASGD",
+    "Ensemble",
+]

@@ -24,6 +24,8 @@ class Channel(Protocol):
 
     def commit_and_pull(self, arrays: Weights) -> Weights: ...
 
+    worker_id: int
+
 
 def add_into(center: Weights, arrays: Weights, scale: float = 1.0) -> None:
     """center[i] += scale * arrays[i], in place."""
@@ -55,6 +57,10 @@ class Algorithm:
 
     def __init__(self, window: int | None):
         self.window = window
+
+    def local_weights(self, center: Weights, worker_id: int) -> Weights:
+        """The part of the center a worker trains (all of it, except for ensembles)."""
+        return center
 
     def worker_rule(self, weights: Weights, reference: Weights, channel: Channel):
         """Exchanges with the server after a window of local steps.

@@ -2,6 +2,7 @@
 
 from distkeras.trainers.asynchronous import ADAG, AEASGD, DOWNPOUR, EAMSGD, DynSGD
 from distkeras.trainers.base import Trainer
+from distkeras.trainers.ensemble import EnsembleTrainer
 from distkeras.trainers.single import SingleTrainer
 from distkeras.trainers.synchronous import EASGD, AveragingTrainer
 
@@ -12,6 +13,7 @@ __all__ = [
     "EAMSGD",
     "EASGD",
     "AveragingTrainer",
+    "EnsembleTrainer",
     "DynSGD",
     "SingleTrainer",
     "Trainer",

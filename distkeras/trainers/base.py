@@ -257,6 +257,10 @@ class Trainer:
             self.model.compile(**settings)
         return self.model
 
+    def _partition(self, frame):
+        """Spreads the rows over one partition per worker."""
+        return frame.repartition(self.num_workers)
+
     def _run(
         self, df, epochs, batch_size, val, callbacks, verbose, shuffle, features=None, labels=None
     ):
@@ -276,13 +280,16 @@ class Trainer:
         algorithm = self.algorithm()
         model = self._driver_model()
         spec = ModelSpec.from_model(
-            model, algorithm.worker_optimizer() or self.worker_optimizer, self.loss, self.metrics
+            self.model,
+            algorithm.worker_optimizer() or self.worker_optimizer,
+            self.loss,
+            self.metrics,
         )
         verbose = 1 if verbose == "auto" else int(verbose)
         callback_list = keras.callbacks.CallbackList(
             callbacks, add_history=True, model=model, epochs=epochs, verbose=verbose
         )
-        frame = data.columnar_frame(df, features + labels).repartition(self.num_workers)
+        frame = self._partition(data.columnar_frame(df, features + labels))
         monitor = TrainingMonitor(
             model,
             callback_list,
@@ -295,7 +302,7 @@ class Trainer:
         )
         round_timeout = self.worker_timeout
         server = ParameterServer(
-            spec.weights,
+            model.get_weights(),
             rule=algorithm.server_rule,
             host=self._server_host(spark),
             port=self.ps_port,
