@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint check-java bench clean
+.PHONY: demo test lint docs check-java bench clean
 
 check-java:
 	@command -v java >/dev/null 2>&1 || { \
@@ -34,7 +34,11 @@ lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: check-java $(VENV)/.installed-test lint
+# The documentation site, built strictly (a warning fails); no network needed.
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+test: check-java $(VENV)/.installed-test lint docs
 	$(PY) -m pytest -q
 
 bench: check-java $(VENV)/.installed-test
@@ -43,4 +47,4 @@ bench: check-java $(VENV)/.installed-test
 	$(PY) bench/train_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache

@@ -2,8 +2,11 @@
 
 from setuptools import find_packages, setup
 
-TEST = ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "scikit-learn>=1.3"]
 EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7"]
+# The docs site (mkdocs build --strict) and the notebooks, executed headless by the tests.
+DOCS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"]
+NOTEBOOKS = ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"]
+TEST = ["pytest>=8", "hypothesis>=6", "ruff>=0.6", *EXAMPLES, *DOCS, *NOTEBOOKS]
 
 setup(
     name="distkeras",
@@ -22,6 +25,6 @@ setup(
         "pyarrow>=11",
         "pandas>=2.0,<3",  # PySpark warns that pandas 3 is not yet supported
     ],
-    extras_require={"test": TEST, "examples": EXAMPLES},
+    extras_require={"test": TEST, "examples": EXAMPLES, "docs": DOCS},
     entry_points={"console_scripts": ["distkeras=distkeras.cli:main"]},
 )

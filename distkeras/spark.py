@@ -57,14 +57,21 @@ def check_java() -> int:
     return version
 
 
+def launched_by_spark_submit() -> bool:
+    """True when this Python was started by spark-submit (its JVM gateway is already up)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", conf=None):
     """Returns the active SparkSession, or builds one on `master`.
 
     Executors are pointed at this interpreter (PYSPARK_PYTHON / PYSPARK_DRIVER_PYTHON), so
-    they import the same Keras; Spark's own logging is kept to warnings.
+    they import the same Keras; Spark's own logging is kept to warnings. Under spark-submit,
+    its `--master` wins, so a script runs unchanged there and on the embedded `local[*]`.
 
     Args:
-        master: Spark master URL used when no session is active.
+        master: Spark master URL used when no session is active and the script was not
+            launched by spark-submit.
         app_name: application name for a new session.
         conf: optional dict of extra Spark settings for a new session.
 
@@ -79,10 +86,11 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
     check_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if not launched_by_spark_submit():
+        builder = builder.master(master)
     builder = (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.driver.memory", "4g")  # local mode: executors live in the driver JVM
@@ -116,3 +124,13 @@ def partition_keys(spark, num_partitions: int) -> list[int]:
     buckets = spark.range(0, 64 * n).select("id", F.expr(f"pmod(hash(id), {n})").alias("bucket"))
     key = {row.bucket: row.id for row in buckets.collect()}
     return [key[p] for p in range(n)]
+
+
+def task_max_failures(spark) -> int:
+    """How many times Spark tries a task: M in `local[N,M]` (1 in other local masters), else
+    `spark.task.maxFailures` (default 4)."""
+    sc = spark.sparkContext
+    local = re.fullmatch(r"local(?:\[(?:\*|\d+)(?:,(\d+))?\])?", sc.master)
+    if local:
+        return int(local.group(1) or 1)
+    return int(sc.getConf().get("spark.task.maxFailures", "4"))
