@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from distkeras.errors import DistKerasError
+
 USAGE_ERROR = 2
 RUN_ERROR = 1
 
@@ -420,7 +422,7 @@ def main(argv=None) -> int:
     except UsageError as error:
         print(f"distkeras {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
-    except RuntimeError as error:  # the environment: no Java, too few task slots
+    except (RuntimeError, DistKerasError) as error:  # no Java, too few slots, a failed worker
         print(f"distkeras {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return RUN_ERROR
 
