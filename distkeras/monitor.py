@@ -18,6 +18,8 @@ from distkeras.errors import WorkerError
 
 logger = logging.getLogger(__name__)
 
+STARTUP_GRACE = 180.0  # seconds a worker may take to start before its first report
+
 
 class TrainingMonitor:
     """Follows one training run.
@@ -32,6 +34,8 @@ class TrainingMonitor:
         validation: optional (x, y) evaluated on the center weights at each epoch end.
         batch_size: batch size for validation.
         worker_timeout: seconds a worker may stay silent before the run fails.
+        first_epoch: the first epoch of this run (a resumed run starts later).
+        checkpointer: an optional checkpoint.Checkpointer, asked at every loop turn.
     """
 
     def __init__(
@@ -44,6 +48,8 @@ class TrainingMonitor:
         validation=None,
         batch_size: int = 32,
         worker_timeout: float = 600.0,
+        first_epoch: int = 0,
+        checkpointer=None,
     ):
         self.model = model
         self.server = None
@@ -61,7 +67,10 @@ class TrainingMonitor:
         self.finished: dict[int, dict[int, dict]] = {}  # epoch -> worker -> logs
         self.last_heard: dict[int, float] = {}
         self.done: set[int] = set()
-        self.epoch = 0
+        self.epoch = first_epoch
+        self.checkpointer = checkpointer
+        self.retries = 0
+        self.starts: dict[int, int] = {}
         self.epoch_logs: dict = {}
         self.stopped = False
         self._bar = None
@@ -84,13 +93,21 @@ class TrainingMonitor:
         self.server = server
         started = time.monotonic()
         self.last_heard = {worker: started for worker in range(self.num_workers)}
-        self.callbacks.on_epoch_begin(0)
+        self.callbacks.on_epoch_begin(self.epoch)
         while job.is_alive():
             self._drain(timeout=0.1)
             if self.server.failure is not None:
                 raise self.server.failure
             self._check_silence()
+            if self.checkpointer is not None and self.checkpointer.due():
+                self.checkpoint()
         self._drain(timeout=0)
+
+    def checkpoint(self) -> None:
+        """Writes the server's center, clock and the epochs completed, if checkpointing."""
+        if self.checkpointer is not None and self.server is not None:
+            weights, clock = self.server.get_weights(), self.server.clock
+            self.checkpointer.write(self.model, weights, clock, self.epoch)
 
     def _drain(self, timeout: float) -> None:
         try:
@@ -108,7 +125,13 @@ class TrainingMonitor:
     def _check_silence(self) -> None:
         now = time.monotonic()
         for worker, heard in self.last_heard.items():
-            if now - heard > self.worker_timeout and worker not in self.done:
+            # Before its first report a worker is still starting (Python, TensorFlow, model).
+            allowed = (
+                self.worker_timeout
+                if worker in self.rows
+                else max(self.worker_timeout, STARTUP_GRACE)
+            )
+            if now - heard > allowed and worker not in self.done:
                 raise WorkerError(
                     f"worker {worker} sent no progress for {now - heard:.0f} s "
                     f"(worker_timeout={self.worker_timeout})"
@@ -120,7 +143,9 @@ class TrainingMonitor:
         if report.get("finished"):
             self.done.add(worker)
             return
-        if "rows" in report:
+        if "rows" in report:  # a worker's first report: a second one means a retried stage
+            self.starts[worker] = self.starts.get(worker, 0) + 1
+            self.retries = max(self.retries, self.starts[worker] - 1)
             self.rows[worker] = int(report["rows"])
         epoch = int(report.get("epoch", 0))
         logs = report.get("logs") or {}
@@ -149,10 +174,10 @@ class TrainingMonitor:
             self._bar.stateful_metrics.update(logs)
             self._bar.update(self._bar.target, values=list(logs.items()), finalize=True)
             self._bar = None
-        self.callbacks.on_epoch_end(epoch, logs)
+        self.epoch = epoch + 1  # epochs completed, also if a callback interrupts below
         self.epoch_logs = logs
         self.latest_logs = {}
-        self.epoch = epoch + 1
+        self.callbacks.on_epoch_end(epoch, logs)
         if getattr(self.model, "stop_training", False):
             logger.info("a callback stopped training after epoch %d", epoch + 1)
             self.stopped = True

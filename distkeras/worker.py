@@ -38,6 +38,10 @@ class WorkerPlan:
         report_interval: minimum seconds between two progress reports.
         threads: TensorFlow intra-op threads (Spark's cpus per task).
         custom_objects: classes and functions the model refers to by name.
+        first_epoch: the epoch to start from (a resumed run skips the epochs it has done).
+        fault: test-only fault injection, e.g. {"worker": 0, "after_commits": 3,
+            "action": "fail" or "hang", "marker": path}; acts once: the first attempt creates
+            the marker file, and a retried stage finds it and trains normally.
     """
 
     model: ModelSpec
@@ -55,6 +59,8 @@ class WorkerPlan:
     report_interval: float = 0.5
     threads: int = 1
     custom_objects: dict | None = None
+    first_epoch: int = 0
+    fault: dict | None = None
 
 
 def train_partition(plan: WorkerPlan, batches):
@@ -93,6 +99,23 @@ def _take(data, index):
     return data[index]
 
 
+def _inject_fault(plan: WorkerPlan, worker_id: int, commits: int) -> None:
+    fault = plan.fault
+    if not fault or fault["worker"] != worker_id or commits != fault["after_commits"]:
+        return
+    try:
+        with open(fault["marker"], "x"):  # only the first attempt gets here
+            pass
+    except FileExistsError:
+        return
+    if fault["action"] == "hang":
+        logger.warning("test fault: worker %d stops responding", worker_id)
+        deadline = time.monotonic() + fault.get("seconds", 3600)
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+    raise RuntimeError(f"test fault injected after {commits} commits")
+
+
 def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     from distkeras.data import arrow_to_numpy, model_arrays
     from distkeras.local_steps import WindowRunner
@@ -112,9 +135,9 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     with Client(plan.address, plan.secret, worker_id=worker_id, timeout=plan.timeout) as client:
         reference = algorithm.local_weights(client.pull(), worker_id)
         model.set_weights(reference)
-        client.report(epoch=0, samples=0, rows=rows, logs={})
+        client.report(epoch=plan.first_epoch, samples=0, rows=rows, logs={})
         last_report = time.monotonic()
-        for epoch in range(plan.num_epoch):
+        for epoch in range(plan.first_epoch, plan.num_epoch):
             runner.reset()
             order = rng.permutation(rows) if plan.shuffle else np.arange(rows)
             done = 0
@@ -125,6 +148,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
                 model.set_weights(weights)
                 done += len(index)
                 commits += 1
+                _inject_fault(plan, worker_id, commits)
                 if client.stop_requested:
                     break
                 if time.monotonic() - last_report >= plan.report_interval:

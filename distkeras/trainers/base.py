@@ -15,8 +15,10 @@ import numpy as np
 
 from distkeras import data, validation
 from distkeras.algorithms.base import Algorithm
+from distkeras.checkpoint import Checkpointer, load_checkpoint
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
 from distkeras.monitor import TrainingMonitor
+from distkeras.spark import task_max_failures
 from distkeras.spark_job import SparkJob
 from distkeras.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
 
@@ -45,6 +47,10 @@ class Trainer:
         worker_timeout: seconds a worker may go without reporting before the run fails.
         custom_objects: classes and functions the model refers to by name.
         seed: seed of the workers' shuffles.
+        checkpoint_dir: folder for checkpoints of the center (weights, clock, epoch),
+            written every `checkpoint_interval` seconds and when the run ends or fails.
+        checkpoint_interval: seconds between two periodic checkpoints.
+        resume_from: a checkpoint folder to continue from: its weights and its epoch.
     """
 
     algorithm_class: type[Algorithm] = Algorithm
@@ -66,6 +72,9 @@ class Trainer:
         worker_timeout: float = 600.0,
         custom_objects: dict | None = None,
         seed: int | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_interval: float = 600.0,
+        resume_from: str | None = None,
     ):
         self.model = ensure_keras_model(keras_model)
         self.worker_optimizer = worker_optimizer
@@ -89,6 +98,12 @@ class Trainer:
         self.worker_timeout = validation.positive_number("worker_timeout", worker_timeout)
         self.custom_objects = custom_objects
         self.seed = seed
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_interval = validation.positive_number(
+            "checkpoint_interval", checkpoint_interval
+        )
+        self.resume_from = resume_from
+        self._test_fault: dict | None = None  # test-only fault injection (see WorkerPlan)
         self.history = None
         self.parameter_server_stats: dict = {}
         self.worker_summaries: list[dict] = []
@@ -279,6 +294,15 @@ class Trainer:
         threads = self._check_slots(spark)
         algorithm = self.algorithm()
         model = self._driver_model()
+        first_epoch = 0
+        if self.resume_from is not None:
+            first_epoch = int(load_checkpoint(self.resume_from, model)["epoch"])
+            logger.info("resuming from %s after epoch %d", self.resume_from, first_epoch)
+        checkpointer = (
+            Checkpointer(self.checkpoint_dir, self.checkpoint_interval)
+            if self.checkpoint_dir
+            else None
+        )
         spec = ModelSpec.from_model(
             self.model,
             algorithm.worker_optimizer() or self.worker_optimizer,
@@ -299,6 +323,8 @@ class Trainer:
             validation=val,
             batch_size=batch_size,
             worker_timeout=self.worker_timeout,
+            first_epoch=first_epoch,
+            checkpointer=checkpointer,
         )
         round_timeout = self.worker_timeout
         server = ParameterServer(
@@ -332,25 +358,29 @@ class Trainer:
                 timeout=round_timeout + 60.0,
                 threads=threads,
                 custom_objects=self.custom_objects,
+                first_epoch=first_epoch,
+                fault=self._test_fault,
             )
-            job = SparkJob(
-                spark,
-                lambda: frame.mapInArrow(
-                    lambda batches: train_partition(plan, batches), SUMMARY_SCHEMA, barrier=True
-                ).collect(),
+            workers = frame.mapInArrow(
+                lambda batches: train_partition(plan, batches), SUMMARY_SCHEMA, barrier=True
             )
+            if task_max_failures(spark) > 1:
+                # Spark re-runs a failed barrier stage only when it feeds a shuffle.
+                workers = workers.repartition(1)
+            job = SparkJob(spark, workers.collect)
             job.start()
             monitor.follow(job, server)
             self.worker_summaries = [row.asDict() for row in job.result()]
         except BaseException:
             if job is not None:
                 job.cancel()
-                job.join(timeout=30.0)
+                job.join(timeout=10.0)
             raise
         finally:
             self._training_time = time.monotonic() - started
-            self.parameter_server_stats = server.stats()
+            self.parameter_server_stats = {**server.stats(), "retries": monitor.retries}
             model.set_weights(server.get_weights())
+            monitor.checkpoint()
             server.stop()
         callback_list.on_train_end(monitor.epoch_logs)
         self.history = model.history

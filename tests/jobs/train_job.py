@@ -1,0 +1,109 @@
+"""A training run in its own process, for tests that need their own Spark master or signals.
+
+Trains the tests' MLP on MNIST with one trainer and prints one JSON line: test accuracy,
+parameter-server stats and worker summaries, or {"interrupted": ...} after Ctrl-C.
+Prints "epoch N" after each epoch so that a test can time its signal.
+"""
+
+import argparse
+import json
+import socket
+import sys
+import time
+
+import keras
+import numpy as np
+
+from distkeras import trainers
+from distkeras.datasets import load_mnist
+from distkeras.spark import get_spark_session
+
+
+class EpochPrinter(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        print(f"epoch {epoch}", flush=True)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a new server would
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--trainer", default="ADAG")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=8000)
+    parser.add_argument("--learning-rate", type=float, default=0.001)
+    parser.add_argument("--fault", default=None, help="worker:after_commits:action:marker")
+    parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--ps-port", type=int, default=0)
+    args = parser.parse_args()
+
+    spark = get_spark_session(args.master, app_name="distkeras-test-job")
+    (x, y), (x_test, y_test) = load_mnist()
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(args.learning_rate), "sparse_categorical_crossentropy")
+    trainer = getattr(trainers, args.trainer)(
+        model,
+        num_workers=2,
+        seed=0,
+        ps_port=args.ps_port,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_interval=1.0,
+    )
+    if args.fault:
+        worker, after, action, marker = args.fault.split(":")
+        trainer._test_fault = {
+            "worker": int(worker),
+            "after_commits": int(after),
+            "action": action,
+            "marker": marker,
+        }
+    started = time.monotonic()
+    try:
+        trainer.fit(
+            x[: args.rows],
+            y[: args.rows],
+            epochs=args.epochs,
+            callbacks=[EpochPrinter()],
+            verbose=0,
+        )
+    except KeyboardInterrupt:
+        result = {
+            "interrupted": True,
+            "seconds_after_signal": None,
+            "port_free": port_is_free(args.ps_port),
+            "updates": trainer.parameter_server_stats.get("num_updates"),
+            "weights_finite": bool(all(np.isfinite(w).all() for w in trainer.model.get_weights())),
+            "ended": time.time(),
+        }
+        print(json.dumps(result), flush=True)
+        sys.exit(130)
+    predictions = np.argmax(model.predict(x_test, verbose=0), axis=1)
+    result = {
+        "accuracy": float(np.mean(predictions == y_test)),
+        "stats": trainer.parameter_server_stats,
+        "summaries": trainer.worker_summaries,
+        "seconds": time.monotonic() - started,
+        "master": spark.sparkContext.master,
+    }
+    print(json.dumps(result), flush=True)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

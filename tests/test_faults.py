@@ -1,0 +1,164 @@
+"""Faults: retried stages, hung workers, Ctrl-C on the driver, checkpoints and resume, load."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from distkeras import trainers
+from distkeras.checkpoint import STATE_FILE, WEIGHTS_FILE
+from distkeras.errors import WorkerError
+from distkeras.parameter_server import Client, ParameterServer
+
+from .conftest import accuracy, mlp
+
+JOB = Path(__file__).parent / "jobs" / "train_job.py"
+
+
+def run_job(*args, timeout=600):
+    """Runs tests/jobs/train_job.py in its own process; returns (returncode, JSON result)."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    done = subprocess.run(
+        [sys.executable, str(JOB), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from the job:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done.returncode, json.loads(lines[-1])
+
+
+def server_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
+
+
+@pytest.mark.slow
+def test_failed_worker_is_retried_from_the_current_center(tmp_path):
+    marker = tmp_path / "fault-done"
+    code, result = run_job(
+        "--master", "local[2,2]", "--trainer", "DOWNPOUR", "--epochs", "3",
+        "--fault", f"0:20:fail:{marker}",
+    )  # fmt: skip
+    assert code == 0, result
+    assert marker.exists()  # the fault did happen
+    stats = result["stats"]
+    assert stats["retries"] == 1
+    # Commits of the failed attempt stayed in the center the retry started from.
+    assert stats["num_updates"] > sum(s["commits"] for s in result["summaries"])
+    assert result["accuracy"] >= 0.92
+
+
+def test_hung_worker_fails_the_run_naming_it(mnist, tmp_path):
+    (x, y), _ = mnist
+    trainer = trainers.DOWNPOUR(mlp(hidden=(16,)), num_workers=2, worker_timeout=4.0)
+    trainer._test_fault = {
+        "worker": 1,
+        "after_commits": 2,
+        "action": "hang",
+        "marker": str(tmp_path / "hang"),
+    }
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match="worker 1 sent no progress"):
+        trainer.fit(x[:4000], y[:4000], epochs=50, verbose=0)
+    assert time.monotonic() - started < 120
+    assert not server_threads()
+
+
+def test_ctrl_c_stops_quickly_and_keeps_the_weights(tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    job = subprocess.Popen(
+        [sys.executable, str(JOB), "--trainer", "DOWNPOUR", "--epochs", "200", "--rows", "2000",
+         "--ps-port", "47613", "--checkpoint-dir", str(checkpoints)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        for line in job.stdout:  # wait until training is under way
+            if line.startswith("epoch 1"):
+                break
+        signalled = time.time()
+        job.send_signal(signal.SIGINT)
+        out, _ = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    assert job.returncode == 130 and result["interrupted"]
+    assert result["ended"] - signalled < 15
+    assert result["port_free"], result
+    assert result["weights_finite"] and result["updates"] > 0, result
+    state = json.loads((checkpoints / STATE_FILE).read_text())
+    assert state["epoch"] >= 2 and (checkpoints / WEIGHTS_FILE).exists()
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the end of an epoch, as Ctrl-C would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_accuracy(mnist, tmp_path):
+    (x, y), (x_test, y_test) = mnist
+    folder = str(tmp_path / "run")
+    first = trainers.DOWNPOUR(mlp(), num_workers=2, checkpoint_dir=folder, seed=5)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(x, y, epochs=4, callbacks=[InterruptAfter(1)], verbose=0)
+    assert json.loads(Path(folder, STATE_FILE).read_text())["epoch"] == 2
+
+    model = mlp()
+    resumed = trainers.DOWNPOUR(model, num_workers=2, resume_from=folder, seed=5)
+    history = resumed.fit(x, y, epochs=4, verbose=0)
+    assert history.epoch == [2, 3]
+    assert accuracy(model, x_test, y_test) >= 0.95  # as an uninterrupted DOWNPOUR run
+
+
+def test_resume_from_an_empty_folder_names_it(tmp_path):
+    trainer = trainers.DOWNPOUR(mlp(hidden=(4,)), resume_from=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+        trainer.fit(np.zeros((8, 784), "float32"), np.zeros(8, "int64"), verbose=0)
+
+
+def test_soak_sixteen_clients_lose_no_commit():
+    """16 clients commit and pull for a while: exact sums, no leaked threads or sockets."""
+    seconds = float(os.environ.get("DISTKERAS_SOAK_SECONDS", "30"))
+    shapes = [(64, 32), (32,), (32, 10)]
+    fds_before = len(os.listdir("/proc/self/fd"))
+    counts = [0] * 16
+    with ParameterServer([np.zeros(s, np.float32) for s in shapes]) as ps:
+
+        def client_loop(worker):
+            deadline = time.monotonic() + seconds
+            with Client(ps.address, ps.secret, worker_id=worker) as client:
+                ones = [np.ones(s, np.float32) for s in shapes]
+                while time.monotonic() < deadline:
+                    client.commit(ones)
+                    client.pull()
+                    counts[worker] += 1
+
+        threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(seconds + 60)
+        total = sum(counts)
+        assert ps.num_updates == total > 16
+        for center in ps.get_weights():
+            np.testing.assert_array_equal(center, np.full(center.shape, total, np.float32))
+    assert not server_threads()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
