@@ -61,18 +61,22 @@ def files(tmp_path_factory):
     frame["label"] = y
     frame.to_csv(folder / "data.csv", index=False)
     pd.DataFrame({"features": list(x), "label": y}).to_parquet(folder / "data.parquet")
-    model = keras.Sequential(
-        [
-            keras.Input((4,)),
-            keras.layers.Dense(8, activation="relu"),
-            keras.layers.Dense(2, activation="softmax"),
-        ]
-    )
+
+    def mlp():
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dense(2, activation="softmax"),
+            ]
+        )
+
+    mlp().save(folder / "uncompiled.keras")
+    model = mlp()
     model.compile(
         keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"]
     )
     model.save(folder / "model.keras")
-    keras.models.clone_model(model).save(folder / "uncompiled.keras")  # a clone: not compiled
     (folder / "not_a_model.keras").write_text("no")
     return folder
 
