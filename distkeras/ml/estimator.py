@@ -35,7 +35,10 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
             or averaging.
         featuresCol: feature column: an ML Vector, an array of numbers or a number.
         labelCol: label column: a class index, a number or a vector (one-hot, targets).
-        predictionCol, outputCol, rawPredictionCol, inferenceBatchSize: the KerasModel's.
+        predictionCol: the KerasModel's prediction column (a double).
+        outputCol: the KerasModel's output column (the model's output, an ML DenseVector).
+        rawPredictionCol: the KerasModel's per-class scores column (classifiers).
+        inferenceBatchSize: rows per prediction batch in the KerasModel.
         numWorkers: parallel workers (ignored by `single`).
         batchSize: rows per training step.
         epochs: passes over the data.

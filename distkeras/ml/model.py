@@ -31,7 +31,11 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
     Args:
         model: the keras.Model (one output).
         history: the `keras.callbacks.History` of its training, if any.
-        featuresCol, predictionCol, outputCol, rawPredictionCol, inferenceBatchSize: Params.
+        featuresCol: the feature column.
+        predictionCol: the prediction column (a double).
+        outputCol: the output column (the model's output, an ML DenseVector).
+        rawPredictionCol: the per-class scores column (classifiers).
+        inferenceBatchSize: rows per prediction batch.
     """
 
     @keyword_only
