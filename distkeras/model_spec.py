@@ -51,6 +51,7 @@ def compile_settings(model, optimizer=None, loss=None, metrics=None) -> dict:
         settings["loss"] = loss
     if metrics is not None:
         settings["metrics"] = metrics
+    _check_loss_weights(settings.get("loss_weights"))
     missing = [name for name in ("optimizer", "loss") if settings.get(name) is None]
     if missing:
         names = " and ".join(f"`{name}`" for name in missing)
@@ -60,6 +61,21 @@ def compile_settings(model, optimizer=None, loss=None, metrics=None) -> dict:
             f"loss='sparse_categorical_crossentropy'). Received: model.compiled={model.compiled}"
         )
     return settings
+
+
+def _check_loss_weights(loss_weights) -> None:
+    """Refuses non-numeric loss weights, e.g. metrics passed as compile's third argument."""
+    if loss_weights is None:
+        return
+    values = loss_weights.values() if isinstance(loss_weights, dict) else loss_weights
+    if not isinstance(values, (list, tuple, type({}.values()))):
+        values = [values]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ValueError(
+            "The model was compiled with non-numeric `loss_weights` (compile's third "
+            "positional argument is loss_weights; pass metrics as `metrics=[...]`). "
+            f"Received: loss_weights={loss_weights!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

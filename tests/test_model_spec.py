@@ -111,3 +111,10 @@ def test_spec_holds_no_keras_objects():
     assert isinstance(spec.architecture, str) and isinstance(spec.compile_config, str)
     assert all(isinstance(w, np.ndarray) for w in spec.weights)
     assert spec.num_bytes == sum(w.nbytes for w in spec.weights) > 0
+
+
+def test_metrics_passed_as_loss_weights_are_caught_on_the_driver():
+    model = mlp(input_dim=4, hidden=(), classes=2, compile=False)
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    with pytest.raises(ValueError, match="loss_weights.*metrics=.*Received: loss_weights"):
+        ModelSpec.from_model(model)
