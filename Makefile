@@ -39,7 +39,7 @@ docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test: check-java $(VENV)/.installed-test lint docs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 bench: check-java $(VENV)/.installed-test
 	$(PY) bench/data_bench.py

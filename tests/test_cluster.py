@@ -99,11 +99,11 @@ def test_spark_submit_of_the_mnist_example_to_a_standalone_cluster(standalone_cl
     done = subprocess.run(
         [spark_bin("spark-submit"), "--master", master, "--conf", "spark.driver.host=127.0.0.1",
          str(ROOT / "examples" / "mnist.py"), "--data", str(ROOT.parent / "shared/data/mnist"),
-         "--workers", "2", "--epochs", "2", "--rows", "3000", "--output", str(output)],
+         "--workers", "2", "--epochs", "3", "--output", str(output)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     match = re.search(r"test accuracy: ([0-9.]+)", done.stdout)
     assert match, done.stdout[-2000:]
-    assert float(match.group(1)) >= 0.9
+    assert float(match.group(1)) >= 0.92
     assert output.exists()
