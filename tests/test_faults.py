@@ -38,6 +38,12 @@ def run_job(*args, timeout=600):
     return done.returncode, json.loads(lines[-1])
 
 
+def resident_bytes() -> int:
+    """This process's resident memory, from /proc."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def server_threads():
     return [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
 
@@ -154,8 +160,11 @@ def test_soak_sixteen_clients_lose_no_commit():
         threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(16)]
         for thread in threads:
             thread.start()
+        time.sleep(min(2.0, seconds / 4))  # past start-up: buffers allocated
+        rss_warm = resident_bytes()
         for thread in threads:
             thread.join(seconds + 60)
+        assert resident_bytes() - rss_warm < 64 * 2**20  # memory stays flat under load
         total = sum(counts)
         assert ps.num_updates == total > 16
         for center in ps.get_weights():
