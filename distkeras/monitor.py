@@ -67,6 +67,8 @@ class TrainingMonitor:
         self.finished: dict[int, dict[int, dict]] = {}  # epoch -> worker -> logs
         self.last_heard: dict[int, float] = {}
         self.done: set[int] = set()
+        self._done_by_epoch: dict[int, set[int]] = {}  # written by on_report only
+        self._centers: dict[int, list] = {}  # epoch -> center when the epoch completed
         self.epoch = first_epoch
         self.checkpointer = checkpointer
         self.retries = 0
@@ -75,22 +77,34 @@ class TrainingMonitor:
         self.stopped = False
         self._bar = None
 
+    def attach(self, server) -> None:
+        """Binds the run's ParameterServer, before it starts serving."""
+        self.server = server
+
     def on_report(self, report: dict) -> None:
-        """Receives a report from a server thread (thread-safe)."""
+        """Receives a report from a server thread (the server serialises these calls).
+
+        The report completing an epoch carries a snapshot of the center taken right then,
+        so that validation sees the center of that epoch even when the driver gets to it
+        after the workers have moved on.
+        """
+        if report.get("epoch_done"):
+            done = self._done_by_epoch.setdefault(int(report["epoch"]), set())
+            done.add(int(report["worker_id"]))
+            if len(done) == self.num_workers:
+                report = {**report, "center": self.server.get_weights()}
         self.reports.put(report)
 
-    def follow(self, job, server) -> None:
+    def follow(self, job) -> None:
         """Handles reports until `job` (a thread running the Spark job) ends.
 
         Args:
-            job: the thread running the workers' Spark job.
-            server: the run's ParameterServer (center weights, stop requests, failures).
+            job: the thread running the workers' Spark job; `attach` came first.
 
         Raises:
             WorkerError: a worker stayed silent longer than `worker_timeout`.
             Exception: the server's failure, if it reports one.
         """
-        self.server = server
         started = time.monotonic()
         self.last_heard = {worker: started for worker in range(self.num_workers)}
         self.callbacks.on_epoch_begin(self.epoch)
@@ -152,6 +166,8 @@ class TrainingMonitor:
         if logs:
             self.latest_logs[worker] = logs
         self.progress[worker] = (epoch, int(report.get("samples", 0)))
+        if "center" in report:
+            self._centers[epoch] = report["center"]
         if report.get("epoch_done"):
             self.finished.setdefault(epoch, {})[worker] = logs
             self.progress[worker] = (epoch + 1, 0)
@@ -163,7 +179,8 @@ class TrainingMonitor:
 
     def _close_epoch(self, epoch: int) -> None:
         logs = mean_logs(self.finished[epoch].values())
-        self.model.set_weights(self.server.get_weights())
+        center = self._centers.pop(epoch, None)
+        self.model.set_weights(center if center is not None else self.server.get_weights())
         if self.validation is not None:
             x, y = self.validation
             results = self.model.evaluate(

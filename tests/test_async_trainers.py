@@ -104,3 +104,13 @@ def test_failing_worker_surfaces_its_error_and_leaves_no_server_thread(mnist):
     leftover = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
     assert not [t for t in leftover if "distkeras" in t.name.lower() or "server" in t.name.lower()]
     np.testing.assert_equal(model.get_weights()[0].shape, (784, 10))
+
+
+def test_validation_sees_each_epochs_center(mnist):
+    """Workers outrun the driver here; each epoch's val_* must still be its own center's."""
+    (x, y), (x_test, y_test) = mnist
+    trainer = trainers.DOWNPOUR(mlp(hidden=(16,)), num_workers=2)
+    history = trainer.fit(
+        x[:1000], y[:1000], epochs=6, validation_data=(x_test[:300], y_test[:300]), verbose=0
+    )
+    assert len(set(history.history["val_loss"])) == 6

@@ -341,6 +341,7 @@ class Trainer:
         started = time.monotonic()
         model.stop_training = False
         callback_list.on_train_begin()
+        monitor.attach(server)
         try:
             server.start()
             plan = WorkerPlan(
@@ -369,7 +370,7 @@ class Trainer:
                 workers = workers.repartition(1)
             job = SparkJob(spark, workers.collect)
             job.start()
-            monitor.follow(job, server)
+            monitor.follow(job)
             self.worker_summaries = [row.asDict() for row in job.result()]
         except BaseException:
             if job is not None:
