@@ -132,11 +132,7 @@ def check_fit(model, features: dict[str, int], labels: dict[str, int]) -> None:
     """
     inputs = model_input_shapes(model)
     if inputs is not None:
-        if len(inputs) != len(features):
-            raise ValueError(
-                f"The model has {len(inputs)} inputs but {len(features)} feature columns were "
-                f"given. Received: features_col={list(features)}"
-            )
+        _check_count(inputs, features, "inputs", "feature columns", "features_col")
         for (column, width), shape in zip(features.items(), inputs):
             expected = flat_size(shape)
             if expected is not None and expected != width:
@@ -147,11 +143,7 @@ def check_fit(model, features: dict[str, int], labels: dict[str, int]) -> None:
     outputs = model_output_shapes(model)
     if outputs is None:
         return
-    if len(outputs) != len(labels):
-        raise ValueError(
-            f"The model has {len(outputs)} outputs but {len(labels)} label columns were given. "
-            f"Received: label_col={list(labels)}"
-        )
+    _check_count(outputs, labels, "outputs", "label columns", "label_col")
     for (column, width), shape in zip(labels.items(), outputs):
         units = flat_size(shape)
         if units is not None and width not in (1, units):
@@ -160,3 +152,11 @@ def check_fit(model, features: dict[str, int], labels: dict[str, int]) -> None:
                 f"{units} units: give a class index (1 value) or a one-hot vector of {units}. "
                 f"Received: width={width}"
             )
+
+
+def _check_count(shapes, columns, parts: str, given: str, argument: str) -> None:
+    if len(shapes) != len(columns):
+        raise ValueError(
+            f"The model has {len(shapes)} {parts} but {len(columns)} {given} were given. "
+            f"Received: {argument}={list(columns)}"
+        )
