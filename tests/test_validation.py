@@ -93,6 +93,6 @@ def test_too_few_task_slots(frame):
 def test_column_counts_must_match_inputs_and_outputs(spark):
     df = spark.createDataFrame([([0.5] * 784, [0.1] * 3, 1, 2)], ["features", "extra", "a", "b"])
     with pytest.raises(ValueError, match=r"1 inputs but 2 feature columns.*'features', 'extra'"):
-        SingleTrainer(mlp(), features_col=["features", "extra"]).train(df)
+        SingleTrainer(mlp(), features_col=["features", "extra"], label_col="a").train(df)
     with pytest.raises(ValueError, match=r"1 outputs but 2 label columns.*label_col=\['a', 'b'\]"):
         SingleTrainer(mlp(), label_col=["a", "b"]).train(df)
