@@ -19,8 +19,9 @@ $(PY):
 	$(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# The demo reads scikit-learn's bundled digits: the `examples` extra.
 $(VENV)/.installed: setup.py | $(PY)
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e ".[examples]"
 	touch $@
 
 $(VENV)/.installed-test: setup.py | $(PY)

@@ -44,7 +44,12 @@ def load_mnist(path: str | os.PathLike | None = None):
 
 def load_digits(test_fraction: float = 0.25, seed: int = 0):
     """Loads scikit-learn's 8x8 digits as ((x_train, y_train), (x_test, y_test)), in [0, 1]."""
-    from sklearn.datasets import load_digits as sklearn_digits
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            "The digits data set ships with scikit-learn: pip install 'distkeras[examples]'"
+        ) from error
 
     digits = sklearn_digits()
     x = (digits.data / 16.0).astype(np.float32)
