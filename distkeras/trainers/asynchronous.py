@@ -49,7 +49,7 @@ class AEASGD(Trainer):
 
     def algorithm(self):
         return self.algorithm_class(
-            self.communication_window or self.algorithm_class.default_window,
+            self.window(),
             rho=self.rho,
             learning_rate=self.learning_rate,
         )
@@ -73,7 +73,7 @@ class EAMSGD(AEASGD):
 
     def algorithm(self):
         return self.algorithm_class(
-            self.communication_window or self.algorithm_class.default_window,
+            self.window(),
             rho=self.rho,
             learning_rate=self.learning_rate,
             momentum=self.momentum,

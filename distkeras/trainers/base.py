@@ -113,8 +113,11 @@ class Trainer:
 
     def algorithm(self) -> Algorithm:
         """The algorithm of this trainer, with its parameters."""
-        window = self.communication_window
-        return self.algorithm_class(window or getattr(self.algorithm_class, "default_window", None))
+        return self.algorithm_class(self.window())
+
+    def window(self) -> int | None:
+        """Local steps between two exchanges: `communication_window`, else the algorithm's."""
+        return self.communication_window or self.algorithm_class.default_window
 
     def train(self, dataframe, shuffle: bool = False, verbose="auto"):
         """Trains on `dataframe` and returns the compiled model with the trained weights.
