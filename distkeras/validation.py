@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from distkeras.data import SCALAR, column_kind
+from distkeras.data import SCALAR, column_kind, columnar_frame
 
 
 def positive_int(name: str, value) -> int:
@@ -70,19 +70,14 @@ def sample_widths(df, columns: Sequence[str]) -> dict[str, int]:
     Raises:
         ValueError: if the DataFrame is empty.
     """
-    from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
-    probes = []
-    for column in columns:
-        kind = column_kind(df.schema[column].dataType)
-        col = F.col(f"`{column}`")
-        if kind == SCALAR:
-            probes.append(F.lit(1).alias(column))
-        else:
-            values = vector_to_array(col) if kind == "vector" else col
-            probes.append(F.size(values).alias(column))
-    rows = df.select(*probes).head(1)
+    frame = columnar_frame(df, columns)  # vectors become arrays, as the workers see them
+    probes = [
+        (F.lit(1) if column_kind(df.schema[c].dataType) == SCALAR else F.size(f"`{c}`")).alias(c)
+        for c in columns
+    ]
+    rows = frame.select(*probes).head(1)
     if not rows:
         raise ValueError("The DataFrame is empty: there is nothing to train on. Received: 0 rows")
     return {column: int(rows[0][column]) for column in columns}
