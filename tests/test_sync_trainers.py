@@ -58,7 +58,7 @@ def test_ensemble_beats_its_members_mean_and_survives_save(mnist, tmp_path):
     ensemble = trainer.ensemble_model()
     member_accuracies = [accuracy(m, x_test, y_test) for m in members]
     ensemble_accuracy = accuracy(ensemble, x_test, y_test)
-    assert ensemble_accuracy >= np.mean(member_accuracies)
+    assert ensemble_accuracy >= np.mean(member_accuracies) - 1e-9  # float rounding of the mean
     assert all(s["rows"] == 8000 for s in trainer.worker_summaries)  # each saw all rows
     path = tmp_path / "ensemble.keras"
     ensemble.save(path)
