@@ -2,7 +2,10 @@
 
 On the driver, `columnar_frame` selects the feature and label columns and turns ML vectors
 into arrays; on the executors, `arrow_to_numpy` turns a partition's Arrow record batches into
-one numpy array per column, with no per-row Python loop. Column checks live in validation.py.
+one numpy array per column, with no per-row Python loop. A binary column of packed float32
+rows (`pack_column`, `numpy_to_frame(packed=True)`) is read without a copy and is the
+cheapest input: Spark copies it to Arrow once per row instead of value by value. Column
+checks live in validation.py.
 """
 
 from __future__ import annotations
@@ -11,16 +14,23 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-VECTOR, ARRAY, SCALAR = "vector", "array", "scalar"
+VECTOR, ARRAY, PACKED, SCALAR = "vector", "array", "packed", "scalar"
+PACKED_DTYPE = np.dtype("<f4")  # what a binary feature column holds: little-endian float32
 
 
 def column_kind(data_type) -> str | None:
-    """Returns VECTOR, ARRAY or SCALAR for a numeric Spark type, None for anything else."""
+    """Returns VECTOR, ARRAY, PACKED or SCALAR for a numeric Spark type, None otherwise.
+
+    PACKED is a binary column whose values are rows of little-endian float32 (what
+    `numpy.ndarray.tobytes()` gives for float32 rows): the cheapest way into Arrow.
+    """
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import types
 
     if isinstance(data_type, VectorUDT):
         return VECTOR
+    if isinstance(data_type, types.BinaryType):
+        return PACKED
     if isinstance(data_type, types.ArrayType) and isinstance(
         data_type.elementType, types.NumericType
     ):
@@ -40,26 +50,19 @@ def is_integral(data_type) -> bool:
 
 
 def columnar_frame(df, columns: Sequence[str]):
-    """Selects `columns`, with vectors and numeric arrays as `array<float>`.
+    """Selects `columns`, with vectors and numeric arrays as `array<float>` (see `float_rows`).
 
     Integer scalars stay integers (class indices); other scalars become float.
     """
-    from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
     selected = []
     for name in columns:
         data_type = df.schema[name].dataType
-        kind = column_kind(data_type)
-        column = F.col(f"`{name}`")
-        if kind == VECTOR:
-            column = vector_to_array(column, "float32")
-        elif kind == ARRAY:
-            column = column.cast("array<float>")
-        elif is_integral(data_type):
-            column = column.cast("int")
+        if column_kind(data_type) == SCALAR:
+            column = F.col(f"`{name}`").cast("int" if is_integral(data_type) else "float")
         else:
-            column = column.cast("float")
+            column = float_rows(df, name)
         selected.append(column.alias(name))
     return df.select(*selected)
 
@@ -86,6 +89,8 @@ def arrow_to_numpy(batches: Iterable, columns: Sequence[str]) -> dict[str, np.nd
         array = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
         if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
             out[name] = _list_to_matrix(name, array)
+        elif pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+            out[name] = _packed_to_matrix(name, array)
         else:
             out[name] = array.to_numpy(zero_copy_only=False)
     return out
@@ -104,6 +109,40 @@ def _list_to_matrix(name: str, array) -> np.ndarray:
             f"Column `{name}` has rows of unequal width (from {widths.min()} to {widths.max()})."
         )
     return flat.reshape(rows, int(widths[0]) if rows else 0)
+
+
+def _packed_to_matrix(name: str, array) -> np.ndarray:
+    """A binary column of packed float32 rows as a (rows x width) array, without a copy."""
+    import pyarrow as pa
+
+    rows = len(array)
+    _, offset_buffer, data = array.buffers()
+    offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    offsets = np.frombuffer(
+        offset_buffer,
+        dtype=offset_type,
+        count=rows + 1,
+        offset=array.offset * np.dtype(offset_type).itemsize,
+    )
+    lengths = np.diff(offsets)
+    if rows and lengths.min() != lengths.max():
+        raise ValueError(
+            f"Column `{name}` has rows of unequal length (from {lengths.min()} to "
+            f"{lengths.max()} bytes)."
+        )
+    length = int(lengths[0]) if rows else 0
+    if length % PACKED_DTYPE.itemsize:
+        raise ValueError(
+            f"Column `{name}` is binary, so it must hold float32 values (4 bytes each), but its "
+            f"rows have {length} bytes."
+        )
+    flat = np.frombuffer(
+        data,
+        dtype=PACKED_DTYPE,
+        count=rows * length // PACKED_DTYPE.itemsize,
+        offset=int(offsets[0]),
+    )
+    return flat.astype(np.float32, copy=False).reshape(rows, length // PACKED_DTYPE.itemsize)
 
 
 def model_arrays(columns: dict, feature_cols, label_cols, input_shapes):
@@ -139,12 +178,14 @@ def collect_arrays(df, columns: Sequence[str]) -> dict[str, np.ndarray]:
     return arrow_to_numpy(batches, columns)
 
 
-def numpy_to_frame(spark, arrays: dict[str, np.ndarray]):
+def numpy_to_frame(spark, arrays: dict[str, np.ndarray], packed: bool = False):
     """Builds a DataFrame from numpy arrays: 2-D+ arrays become `array<float>` columns.
 
     Args:
         spark: the SparkSession.
         arrays: column name -> array; all arrays have the same number of rows.
+        packed: make 2-D+ arrays binary columns of packed float32 rows instead (see
+            `column_kind`), which Spark hands to Python several times faster.
     """
     import pyarrow as pa
 
@@ -153,13 +194,111 @@ def numpy_to_frame(spark, arrays: dict[str, np.ndarray]):
         array = np.asarray(array)
         if array.ndim == 1:
             columns[name] = pa.array(array)
-        else:
-            flat = np.ascontiguousarray(array.reshape(len(array), -1), dtype=np.float32)
-            width = flat.shape[1]
-            offsets = np.arange(0, (len(flat) + 1) * width, width, dtype=np.int32)
-            columns[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.ravel()))
+            continue
+        flat = np.ascontiguousarray(array.reshape(len(array), -1), dtype=PACKED_DTYPE)
+        columns[name] = _packed_array(flat) if packed else _list_array(flat)
     table = pa.table(columns)
     try:
         return spark.createDataFrame(table)
     except TypeError:  # pyspark < 4.0 takes pandas, not Arrow tables
         return spark.createDataFrame(table.to_pandas())
+
+
+def _list_array(matrix: np.ndarray):
+    """A (rows x width) float32 matrix as an Arrow list<float> array, without a per-row loop."""
+    import pyarrow as pa
+
+    rows, width = matrix.shape
+    offsets = np.arange(0, (rows + 1) * width, width, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(matrix.ravel()))
+
+
+def _packed_array(matrix: np.ndarray):
+    """A (rows x width) float32 matrix as an Arrow binary array of packed rows, in chunks that
+    keep each chunk's 32-bit offsets in range.
+    """
+    import pyarrow as pa
+
+    rows, width = matrix.shape
+    row_bytes = width * PACKED_DTYPE.itemsize
+    step = max(1, (2**31 - 1) // max(row_bytes, 1))
+    chunks = []
+    for start in range(0, max(rows, 1), step):
+        part = matrix[start : start + step]
+        offsets = np.arange(0, (len(part) + 1) * row_bytes, row_bytes, dtype=np.int32)
+        buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(part))]
+        chunks.append(pa.Array.from_buffers(pa.binary(), len(part), buffers))
+    return pa.chunked_array(chunks, type=pa.binary())
+
+
+def float_rows(df, column: str):
+    """A numeric column as Spark passes it to Python: `array<float>` for vectors, arrays and
+    numbers (an array of one), and packed binary as it is.
+    """
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    kind = column_kind(df.schema[column].dataType)
+    col = F.col(f"`{column}`")
+    if kind == VECTOR:
+        return vector_to_array(col, "float32")
+    if kind == ARRAY:
+        return col.cast("array<float>")
+    if kind == PACKED:
+        return col
+    return F.array(col.cast("float"))
+
+
+def pack_column(df, column: str, output_col: str | None = None):
+    """Returns `df` with `column` (an ML vector, numeric array or number) as packed float32.
+
+    Spark converts an array column to Arrow value by value, a binary column with one copy
+    per row: packing once and caching the result makes each later `transform`, `evaluate`
+    or training epoch over it cheaper (figures in docs/performance.md).
+
+    Args:
+        df: the DataFrame.
+        column: the column to pack.
+        output_col: where to put the packed column; None replaces `column` in place.
+
+    Raises:
+        ValueError, TypeError: naming the column, if it is missing or not numeric.
+    """
+    import pyarrow as pa
+    from pyspark.sql.functions import arrow_udf
+
+    from distkeras import validation
+
+    validation.check_columns(df, [column], "column")
+    if column_kind(df.schema[column].dataType) == PACKED:
+        return df if output_col in (None, column) else df.withColumn(output_col, df[column])
+
+    def pack(rows):
+        return pack_rows(column, rows)
+
+    # Real (not string) annotations: Spark reads them to pick the Arrow UDF type.
+    pack.__annotations__ = {"rows": pa.Array, "return": pa.Array}
+    return df.withColumn(output_col or column, arrow_udf(pack, "binary")(float_rows(df, column)))
+
+
+def pack_rows(name: str, rows):
+    """An Arrow list<float> array as a binary array of packed float32 rows (nulls kept).
+
+    Raises:
+        ValueError: on null values inside a row, naming the column.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = rows.flatten()
+    if values.null_count:
+        raise ValueError(f"Column `{name}` has null elements inside its arrays.")
+    flat = np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=PACKED_DTYPE)
+    lengths = pc.list_value_length(rows).fill_null(0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths * PACKED_DTYPE.itemsize, out=offsets[1:])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(flat)]
+    packed = pa.Array.from_buffers(pa.binary(), len(rows), buffers)
+    if rows.null_count:
+        packed = pc.if_else(rows.is_null(), pa.scalar(None, pa.binary()), packed)
+    return packed

@@ -349,20 +349,6 @@ def check_features(df, model, feature_cols: Sequence[str], argument: str) -> Non
     validation.check_fit(model, widths, {f"output {i}": 1 for i in range(len(outputs))})
 
 
-def _float_array(df, column: str):
-    """A numeric column as `array<float>` (a scalar as an array of one)."""
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
-
-    kind = data.column_kind(df.schema[column].dataType)
-    col = F.col(f"`{column}`")
-    if kind == data.VECTOR:
-        return vector_to_array(col, "float32")
-    if kind == data.ARRAY:
-        return col.cast("array<float>")
-    return F.array(col.cast("float"))
-
-
 def add_predictions(
     df,
     model,
@@ -428,7 +414,7 @@ def add_predictions(
 
     # Real (not string) annotations: Spark reads them to pick the Arrow UDF type.
     predict.__annotations__ = {"features": pa.Array, "return": pa.Array}
-    features = F.struct(*[_float_array(df, c).alias(c) for c in feature_cols])
+    features = F.struct(*[data.float_rows(df, c).alias(c) for c in feature_cols])
     staged = df.withColumn(_RESULT_COLUMN, arrow_udf(predict, RESULT_TYPE)(features))
     result = F.col(_RESULT_COLUMN)
     columns = [F.col(f"`{c}`") for c in df.columns]

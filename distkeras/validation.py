@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from distkeras.data import SCALAR, column_kind, columnar_frame
+from distkeras.data import PACKED, PACKED_DTYPE, SCALAR, column_kind, columnar_frame
 
 
 def positive_int(name: str, value) -> int:
@@ -60,7 +60,8 @@ def check_columns(df, columns: Sequence[str], argument: str) -> None:
         if column_kind(data_type) is None:
             raise TypeError(
                 f"Column `{column}` (from `{argument}`) must be numeric: a number, an array of "
-                f"numbers or an ML Vector. Received: a column of type {data_type.simpleString()}"
+                f"numbers, an ML Vector or binary packed float32. Received: a column of type "
+                f"{data_type.simpleString()}"
             )
 
 
@@ -68,19 +69,31 @@ def sample_widths(df, columns: Sequence[str]) -> dict[str, int]:
     """Reads one row to learn each column's width (1 for scalars).
 
     Raises:
-        ValueError: if the DataFrame is empty.
+        ValueError: if the DataFrame is empty, or a binary column's rows are not whole
+            float32 values.
     """
     from pyspark.sql import functions as F
 
+    kinds = {c: column_kind(df.schema[c].dataType) for c in columns}
     frame = columnar_frame(df, columns)  # vectors become arrays, as the workers see them
-    probes = [
-        (F.lit(1) if column_kind(df.schema[c].dataType) == SCALAR else F.size(f"`{c}`")).alias(c)
-        for c in columns
-    ]
-    rows = frame.select(*probes).head(1)
+    probes = {SCALAR: lambda c: F.lit(1), PACKED: lambda c: F.length(f"`{c}`")}
+    rows = frame.select(
+        *[probes.get(kinds[c], lambda c: F.size(f"`{c}`"))(c).alias(c) for c in columns]
+    ).head(1)
     if not rows:
         raise ValueError("The DataFrame is empty: there is nothing to train on. Received: 0 rows")
-    return {column: int(rows[0][column]) for column in columns}
+    widths = {}
+    for column in columns:
+        width = int(rows[0][column])
+        if kinds[column] == PACKED:
+            if width % PACKED_DTYPE.itemsize:
+                raise ValueError(
+                    f"Column `{column}` is binary, so it must hold packed float32 values (4 "
+                    f"bytes each). Received: rows of {width} bytes"
+                )
+            width //= PACKED_DTYPE.itemsize
+        widths[column] = width
+    return widths
 
 
 def _shapes(tensors) -> list[tuple] | None:

@@ -185,3 +185,16 @@ def test_a_width_change_inside_the_data_names_the_column(spark):
     df = spark.createDataFrame([([1.0] * 12,)] + [([1.0] * 5,)] * 3, "features array<float>")
     with pytest.raises(PythonException, match="`features`"):
         ModelPredictor(classifier()).predict(df.coalesce(1)).collect()
+
+
+def test_packed_features_predict_like_arrays(spark, small):
+    from distkeras.data import pack_column
+
+    df, x, _ = small
+    model = classifier()
+    packed = pack_column(df, "features")
+    assert dict(packed.dtypes)["features"] == "binary"
+    out = ModelPredictor(model, batch_size=64).predict(packed)
+    np.testing.assert_allclose(vectors(out, "prediction"), model.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match=r"`features` has 12 values per row.*shape \(784,\)"):
+        ModelPredictor(mlp()).predict(packed)

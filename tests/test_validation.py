@@ -96,3 +96,9 @@ def test_column_counts_must_match_inputs_and_outputs(spark):
         SingleTrainer(mlp(), features_col=["features", "extra"], label_col="a").train(df)
     with pytest.raises(ValueError, match=r"1 outputs but 2 label columns.*label_col=\['a', 'b'\]"):
         SingleTrainer(mlp(), label_col=["a", "b"]).train(df)
+
+
+def test_packed_rows_must_be_whole_float32_values(spark):
+    df = spark.createDataFrame([(bytearray(10), 1)], "features binary, label long")
+    with pytest.raises(ValueError, match="`features` is binary.*Received: rows of 10 bytes"):
+        SingleTrainer(mlp()).train(df)

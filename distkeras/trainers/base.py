@@ -206,7 +206,7 @@ class Trainer:
             raise ValueError(
                 f"`x` and `y` must have the same number of rows. Received: {sorted(lengths)}"
             )
-        df = data.numpy_to_frame(spark, arrays)
+        df = data.numpy_to_frame(spark, arrays, packed=True)
         return (
             df,
             [_X_COLUMN.format(i) for i in range(len(xs))],
