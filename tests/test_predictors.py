@@ -134,6 +134,24 @@ def test_model_is_built_once_per_process(monkeypatch, small):
     inference.clear_model_cache()
 
 
+def test_cached_models_are_frozen_out_of_gc_and_evicted_ones_are_freed():
+    import gc
+    import weakref
+
+    inference.clear_model_cache()
+    try:
+        plans = [inference.make_plan(classifier(), ["features"], 8) for _ in range(5)]
+        first = weakref.ref(inference.cached_model(plans[0]))
+        assert gc.get_freeze_count() > 0  # PySpark's per-task gc.collect() skips them
+        for plan in plans[1:]:
+            inference.cached_model(plan)
+        gc.collect()
+        assert first() is None  # pushed out of the cache of 4, and not kept by the freeze
+    finally:
+        inference.clear_model_cache()
+        gc.unfreeze()
+
+
 def test_same_weights_share_a_fingerprint():
     model = classifier()
     first = inference.make_plan(model, ["features"], 8)
