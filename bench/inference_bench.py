@@ -1,18 +1,22 @@
 """Inference benchmark: KerasModel.transform on local[2] next to one-process model.predict.
 
-Usage: .venv/bin/python bench/inference_bench.py [--rows 100000] [--repeats 2]
+Usage: .venv/bin/python bench/inference_bench.py [--rows 100000] [--repeats 8]
 
 One run measures, on the same MNIST-shaped float32 data (rows x 784) and the tests' MLP
 (784-256-128-10): rows/s of `KerasModel.transform` on a cached DataFrame, forced over every
-row with a `noop` write, and rows/s of `model.predict` in this process (TensorFlow on all
-cores). Data generation and caching are not timed; each side is warmed up once and the
-best of `--repeats` runs counts. Prints a table and the ratio (Spark / single process).
+row with a `noop` write, with the features as an `array<float>` column and as a packed
+float32 (binary) column; and rows/s of `model.predict` in this process (TensorFlow on all
+cores). Data generation and caching are not timed. Each side is warmed up once, then the two
+sides alternate `--repeats` times, so that a burst of load elsewhere on the machine hits
+both; the table gives the best and the median of each side and the ratios (Spark / single
+process).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -22,21 +26,30 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def best_rate(action, rows: int, repeats: int) -> float:
-    """Runs `action` once to warm up, then `repeats` times; returns the best rows/s."""
-    action()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
+def alternate(actions: dict, repeats: int, pause: float) -> dict[str, list[float]]:
+    """Runs each action once to warm up, then all of them in turn `repeats` times.
+
+    Sleeps `pause` seconds before each timed run, so that work one side leaves behind (the
+    JVM's compiler and garbage collector threads) does not slow the other.
+    Returns each action's run times in seconds.
+    """
+    for action in actions.values():
         action()
-        best = min(best, time.perf_counter() - started)
-    return rows / best
+    times: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(repeats):
+        for name, action in actions.items():
+            time.sleep(pause)
+            started = time.perf_counter()
+            action()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--pause", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=4096)
     args = parser.parse_args()
 
@@ -51,28 +64,38 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((args.rows, 784), dtype=np.float32)
     model = mlp()
-    frame = numpy_to_frame(spark, {"features": x}).repartition(2).cache()
-    frame.count()
     stage = KerasModel(model=model, inferenceBatchSize=args.batch_size)
-    result = stage.transform(frame)
+    actions, labels = {}, {}
+    for packed, label in ((False, "array<float> column"), (True, "packed float32 column")):
+        frame = numpy_to_frame(spark, {"features": x}, packed=packed).repartition(2).cache()
+        frame.count()
+        result = stage.transform(frame)
+        name = "packed" if packed else "array"
+        actions[name] = lambda result=result: result.write.format("noop").mode("overwrite").save()
+        labels[name] = f"KerasModel.transform, {label}"
+    actions["single"] = lambda: model.predict(x, batch_size=args.batch_size, verbose=0)
+    labels["single"] = "model.predict, one process, numpy"
 
-    def spark_transform():
-        result.write.format("noop").mode("overwrite").save()
-
-    def single_predict():
-        model.predict(x, batch_size=args.batch_size, verbose=0)
-
-    spark_rate = best_rate(spark_transform, args.rows, args.repeats)
-    single_rate = best_rate(single_predict, args.rows, args.repeats)
+    times = alternate(actions, args.repeats, args.pause)
+    best = {name: args.rows / min(runs) for name, runs in times.items()}
+    median = {name: args.rows / statistics.median(runs) for name, runs in times.items()}
     print(
-        f"rows: {args.rows:,} x 784 float32, batch size {args.batch_size}, "
-        f"best of {args.repeats} after one warm-up"
+        f"rows: {args.rows:,} x 784 float32, batch size {args.batch_size}, local[2] with a noop "
+        f"write; {args.repeats} alternating runs after one warm-up, {args.pause:g} s pause "
+        "before each"
     )
-    print("| what                                      | rows/s  |")
-    print("|-------------------------------------------|--------:|")
-    print(f"| KerasModel.transform, local[2], noop write | {spark_rate:>7,.0f} |")
-    print(f"| model.predict, one process                 | {single_rate:>7,.0f} |")
-    print(f"ratio (transform / predict): {spark_rate / single_rate:.2f}")
+    print("| what                                         | best rows/s | median rows/s | ratio |")
+    print("|----------------------------------------------|------------:|--------------:|------:|")
+    for name, label in labels.items():
+        ratio = f"{best[name] / best['single']:.2f}" if name != "single" else ""
+        print(f"| {label:<44} | {best[name]:>11,.0f} | {median[name]:>13,.0f} | {ratio:>5} |")
+    for name, runs in times.items():
+        print(f"{name} run times (s): {' '.join(f'{t:.2f}' for t in runs)}")
+    for name in ("array", "packed"):
+        print(
+            f"ratio {name} (transform / predict): best {best[name] / best['single']:.2f}, "
+            f"median {median[name] / median['single']:.2f}"
+        )
     spark.stop()
 
 
