@@ -352,3 +352,23 @@ def test_transform_without_optional_columns(tiny):
     features = np.array(collected(tiny, "features")[0].tolist(), dtype=np.float32)
     expected = stage.getModel().predict(features, verbose=0).argmax(axis=1)
     np.testing.assert_array_equal(p, expected)
+
+
+def test_estimator_fits_and_transforms_a_packed_column(tiny):
+    from distkeras.data import pack_column
+
+    packed = pack_column(tiny, "features").cache()
+    models = {}
+    for name, frame in (("array", tiny), ("packed", packed)):
+        model = dense(4, (8,), 2, "softmax", "sparse_categorical_crossentropy", "adam")
+        model.set_weights([np.full_like(w, 0.1) for w in model.get_weights()])
+        estimator = KerasEstimator(
+            model=model, trainer="single", batchSize=16, epochs=2, trainerParams={"seed": 3}
+        )
+        models[name] = estimator.fit(frame)
+    for before, after in zip(*(m.getModel().get_weights() for m in models.values())):
+        np.testing.assert_allclose(before, after, rtol=1e-6)  # same rows, same order, same steps
+    result = models["packed"].transform(packed)
+    assert result.columns == ["features", "label", "output", "prediction", "rawPrediction"]
+    expected = models["packed"].transform(tiny).select("prediction").collect()
+    assert result.select("prediction").collect() == expected
