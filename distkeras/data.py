@@ -185,7 +185,7 @@ def numpy_to_frame(spark, arrays: dict[str, np.ndarray], packed: bool = False):
         spark: the SparkSession.
         arrays: column name -> array; all arrays have the same number of rows.
         packed: make 2-D+ arrays binary columns of packed float32 rows instead (see
-            `column_kind`), which Spark hands to Python several times faster.
+            `column_kind`), which Spark hands to Python faster (docs/performance.md).
     """
     import pyarrow as pa
 
