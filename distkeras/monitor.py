@@ -192,6 +192,7 @@ class TrainingMonitor:
             self._bar.update(self._bar.target, values=list(logs.items()), finalize=True)
             self._bar = None
         self.epoch = epoch + 1  # epochs completed, also if a callback interrupts below
+        self.server.set_epoch(self.epoch)
         self.epoch_logs = logs
         self.latest_logs = {}
         self.callbacks.on_epoch_end(epoch, logs)

@@ -180,6 +180,7 @@ class ParameterServer:
         self._staleness_max = 0
         self._rejected = 0
         self._stop_requested = False
+        self._epoch = 0
         self._failure: Exception | None = None
         live = set(range(num_workers)) if round_rule is not None else set()
         self._live: set[int] = live  # round mode: workers expected in every round
@@ -322,6 +323,13 @@ class ParameterServer:
         with self._lock:
             for a, c in zip(arrays, self._center):
                 np.copyto(c, a)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Records the epochs the driver has completed; every later WEIGHTS reply carries it,
+        so that a worker of a retried stage resumes at that epoch instead of the first.
+        """
+        with self._lock:
+            self._epoch = int(epoch)
 
     def request_stop(self) -> None:
         """Makes every later reply to a pull or commit carry stop=True."""
@@ -534,7 +542,7 @@ class ParameterServer:
 
     def _weights_reply(self, conn: _Connection) -> tuple[MsgType, dict, list]:
         """WEIGHTS reply with a snapshot of the center (caller holds the lock)."""
-        meta = {"clock": self._clock, "stop": self._stop_requested}
+        meta = {"clock": self._clock, "stop": self._stop_requested, "epoch": self._epoch}
         return MsgType.WEIGHTS, meta, conn.snapshot_of(self._center)
 
     def _reply_after_commit(self, conn: _Connection, pull: bool) -> tuple[MsgType, dict, list]:
@@ -694,6 +702,7 @@ class Client:
         self.address = (address[0], int(address[1]))
         self.worker_id = worker_id
         self.clock = 0
+        self.epoch = 0  # epochs the driver had completed at the last pull
         self.stop_requested = False
         self.round_mode = False
         self._secret = secret
@@ -808,9 +817,12 @@ class Client:
         return [protocol.wire_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
 
     def pull(self) -> list[np.ndarray]:
-        """Returns a snapshot of the center and records its clock in `self.clock`."""
+        """Returns a snapshot of the center; records its clock in `self.clock` and the epochs
+        the driver has completed in `self.epoch`.
+        """
         reply = self._request(MsgType.PULL, MsgType.WEIGHTS)
         self.clock = reply.meta["clock"]
+        self.epoch = int(reply.meta.get("epoch", 0))
         return reply.arrays
 
     def commit(self, arrays: Sequence[np.ndarray]) -> None:

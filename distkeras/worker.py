@@ -19,7 +19,9 @@ from distkeras.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_SCHEMA = "worker long, rows long, samples long, commits long, seconds double"
+SUMMARY_SCHEMA = (
+    "worker long, rows long, first_epoch long, samples long, commits long, seconds double"
+)
 
 
 @dataclasses.dataclass
@@ -135,9 +137,10 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     with Client(plan.address, plan.secret, worker_id=worker_id, timeout=plan.timeout) as client:
         reference = algorithm.local_weights(client.pull(), worker_id)
         model.set_weights(reference)
-        client.report(epoch=plan.first_epoch, samples=0, rows=rows, logs={})
+        first_epoch = max(plan.first_epoch, client.epoch)  # later in a retried stage
+        client.report(epoch=first_epoch, samples=0, rows=rows, logs={})
         last_report = time.monotonic()
-        for epoch in range(plan.first_epoch, plan.num_epoch):
+        for epoch in range(first_epoch, plan.num_epoch):
             runner.reset()
             order = rng.permutation(rows) if plan.shuffle else np.arange(rows)
             done = 0
@@ -163,6 +166,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     return {
         "worker": worker_id,
         "rows": rows,
+        "first_epoch": first_epoch,
         "samples": samples,
         "commits": commits,
         "seconds": time.monotonic() - started,

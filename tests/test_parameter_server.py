@@ -193,6 +193,17 @@ def test_request_stop_propagates(ps):
     assert_center(ps, 1, 1)
 
 
+def test_pull_tells_the_epochs_the_driver_completed(ps):
+    with Client(ps.address, ps.secret) as client:
+        client.pull()
+        assert client.epoch == 0
+        ps.set_epoch(2)
+        client.commit(delta(1))
+        assert client.epoch == 0  # only a pull reads it
+        client.pull()
+        assert client.epoch == 2
+
+
 def test_on_report_receives_dicts():
     reports = []
     with ParameterServer(zeros(), on_report=reports.append) as ps:
