@@ -84,18 +84,24 @@ def main() -> None:
         f"write; {args.repeats} alternating runs after one warm-up, {args.pause:g} s pause "
         "before each"
     )
-    print("| what                                         | best rows/s | median rows/s | ratio |")
-    print("|----------------------------------------------|------------:|--------------:|------:|")
+    print(
+        "| what                                         | best rows/s | median rows/s "
+        "| ratio, best | ratio, median |"
+    )
+    print(
+        "|----------------------------------------------|------------:|--------------:"
+        "|------------:|--------------:|"
+    )
     for name, label in labels.items():
-        ratio = f"{best[name] / best['single']:.2f}" if name != "single" else ""
-        print(f"| {label:<44} | {best[name]:>11,.0f} | {median[name]:>13,.0f} | {ratio:>5} |")
+        ratios = ["", ""]
+        if name != "single":
+            ratios = [f"{rate[name] / rate['single']:.2f}" for rate in (best, median)]
+        print(
+            f"| {label:<44} | {best[name]:>11,.0f} | {median[name]:>13,.0f} "
+            f"| {ratios[0]:>11} | {ratios[1]:>13} |"
+        )
     for name, runs in times.items():
         print(f"{name} run times (s): {' '.join(f'{t:.2f}' for t in runs)}")
-    for name in ("array", "packed"):
-        print(
-            f"ratio {name} (transform / predict): best {best[name] / best['single']:.2f}, "
-            f"median {median[name] / median['single']:.2f}"
-        )
     spark.stop()
 
 

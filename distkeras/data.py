@@ -220,14 +220,11 @@ def _packed_array(matrix: np.ndarray):
     import pyarrow as pa
 
     rows, width = matrix.shape
-    row_bytes = width * PACKED_DTYPE.itemsize
-    step = max(1, (2**31 - 1) // max(row_bytes, 1))
-    chunks = []
-    for start in range(0, max(rows, 1), step):
-        part = matrix[start : start + step]
-        offsets = np.arange(0, (len(part) + 1) * row_bytes, row_bytes, dtype=np.int32)
-        buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(part))]
-        chunks.append(pa.Array.from_buffers(pa.binary(), len(part), buffers))
+    step = max(1, (2**31 - 1) // max(width * PACKED_DTYPE.itemsize, 1))
+    chunks = [
+        pack_rows("", _list_array(matrix[start : start + step]))
+        for start in range(0, max(rows, 1), step)
+    ]
     return pa.chunked_array(chunks, type=pa.binary())
 
 

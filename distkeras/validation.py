@@ -72,14 +72,10 @@ def sample_widths(df, columns: Sequence[str]) -> dict[str, int]:
         ValueError: if the DataFrame is empty, or a binary column's rows are not whole
             float32 values.
     """
-    from pyspark.sql import functions as F
 
     kinds = {c: column_kind(df.schema[c].dataType) for c in columns}
     frame = columnar_frame(df, columns)  # vectors become arrays, as the workers see them
-    probes = {SCALAR: lambda c: F.lit(1), PACKED: lambda c: F.length(f"`{c}`")}
-    rows = frame.select(
-        *[probes.get(kinds[c], lambda c: F.size(f"`{c}`"))(c).alias(c) for c in columns]
-    ).head(1)
+    rows = frame.select(*[_width_probe(kinds[c], c).alias(c) for c in columns]).head(1)
     if not rows:
         raise ValueError("The DataFrame is empty: there is nothing to train on. Received: 0 rows")
     widths = {}
@@ -94,6 +90,17 @@ def sample_widths(df, columns: Sequence[str]) -> dict[str, int]:
             width //= PACKED_DTYPE.itemsize
         widths[column] = width
     return widths
+
+
+def _width_probe(kind: str, column: str):
+    """A column's width as Spark computes it: 1 for a scalar, bytes for packed, else size."""
+    from pyspark.sql import functions as F
+
+    if kind == SCALAR:
+        return F.lit(1)
+    if kind == PACKED:
+        return F.length(f"`{column}`")
+    return F.size(f"`{column}`")
 
 
 def _shapes(tensors) -> list[tuple] | None:
