@@ -4,8 +4,9 @@ On the driver, `columnar_frame` selects the feature and label columns and turns 
 into arrays; on the executors, `arrow_to_numpy` turns a partition's Arrow record batches into
 one numpy array per column, with no per-row Python loop. A binary column of packed float32
 rows (`pack_column`, `numpy_to_frame(packed=True)`) is read without a copy and is the
-cheapest input: Spark copies it to Arrow once per row instead of value by value. Column
-checks live in validation.py.
+cheapest input: Spark copies it to Arrow once per row instead of value by value. The column
+checks that use the kinds (`check_columns`, `sample_widths`) live here too; validation.py
+checks plain arguments and model shapes.
 """
 
 from __future__ import annotations
@@ -47,6 +48,66 @@ def is_integral(data_type) -> bool:
     return isinstance(
         data_type, (types.ByteType, types.ShortType, types.IntegerType, types.LongType)
     )
+
+
+def check_columns(df, columns: Sequence[str], argument: str) -> None:
+    """Checks that each column exists and is numeric (scalar, array or ML vector).
+
+    Raises:
+        ValueError: a column is missing; the message lists the available ones.
+        TypeError: a column is not numeric; the message gives its type.
+    """
+    for column in columns:
+        if column not in df.columns:
+            raise ValueError(
+                f"Column `{column}` (from `{argument}`) is not in the DataFrame. "
+                f"Available columns: {df.columns}. Received: {argument}={column!r}"
+            )
+        data_type = df.schema[column].dataType
+        if column_kind(data_type) is None:
+            raise TypeError(
+                f"Column `{column}` (from `{argument}`) must be numeric: a number, an array of "
+                f"numbers, an ML Vector or binary packed float32. Received: a column of type "
+                f"{data_type.simpleString()}"
+            )
+
+
+def sample_widths(df, columns: Sequence[str]) -> dict[str, int]:
+    """Reads one row to learn each column's width (1 for scalars).
+
+    Raises:
+        ValueError: if the DataFrame is empty, or a binary column's rows are not whole
+            float32 values.
+    """
+
+    kinds = {c: column_kind(df.schema[c].dataType) for c in columns}
+    frame = columnar_frame(df, columns)  # vectors become arrays, as the workers see them
+    rows = frame.select(*[_width_probe(kinds[c], c).alias(c) for c in columns]).head(1)
+    if not rows:
+        raise ValueError("The DataFrame is empty: there is nothing to train on. Received: 0 rows")
+    widths = {}
+    for column in columns:
+        width = int(rows[0][column])
+        if kinds[column] == PACKED:
+            if width % PACKED_DTYPE.itemsize:
+                raise ValueError(
+                    f"Column `{column}` is binary, so it must hold packed float32 values (4 "
+                    f"bytes each). Received: rows of {width} bytes"
+                )
+            width //= PACKED_DTYPE.itemsize
+        widths[column] = width
+    return widths
+
+
+def _width_probe(kind: str, column: str):
+    """A column's width as Spark computes it: 1 for a scalar, bytes for packed, else size."""
+    from pyspark.sql import functions as F
+
+    if kind == SCALAR:
+        return F.lit(1)
+    if kind == PACKED:
+        return F.length(f"`{column}`")
+    return F.size(f"`{column}`")
 
 
 def columnar_frame(df, columns: Sequence[str]):
@@ -264,9 +325,7 @@ def pack_column(df, column: str, output_col: str | None = None):
     import pyarrow as pa
     from pyspark.sql.functions import arrow_udf
 
-    from distkeras import validation
-
-    validation.check_columns(df, [column], "column")
+    check_columns(df, [column], "column")
     if column_kind(df.schema[column].dataType) == PACKED:
         return df if output_col in (None, column) else df.withColumn(output_col, df[column])
 

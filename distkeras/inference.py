@@ -340,7 +340,7 @@ def feature_widths(df, columns: Sequence[str]) -> dict[str, int] | None:
     if missing:
         if not df.select(*[f"`{c}`" for c in missing]).head(1):
             return None
-        widths.update(validation.sample_widths(df, missing))
+        widths.update(data.sample_widths(df, missing))
     return widths
 
 
@@ -348,9 +348,9 @@ def check_features(df, model, feature_cols: Sequence[str], argument: str) -> Non
     """Checks that the feature columns exist, are numeric and fit the model's inputs.
 
     Raises:
-        ValueError, TypeError: naming the column (see `validation.check_columns`).
+        ValueError, TypeError: naming the column (see `data.check_columns`).
     """
-    validation.check_columns(df, feature_cols, argument)
+    data.check_columns(df, feature_cols, argument)
     widths = feature_widths(df, feature_cols)
     if widths is None:
         return
@@ -467,9 +467,9 @@ def evaluate_frame(
     ensure_keras_model(model, "model")
     compile_settings(model)
     output_units(model)
-    validation.check_columns(df, feature_cols, "features_col")
-    validation.check_columns(df, label_cols, "label_col")
-    widths = validation.sample_widths(df, list(feature_cols) + list(label_cols))
+    data.check_columns(df, feature_cols, "features_col")
+    data.check_columns(df, label_cols, "label_col")
+    widths = data.sample_widths(df, list(feature_cols) + list(label_cols))
     validation.check_fit(
         model, {c: widths[c] for c in feature_cols}, {c: widths[c] for c in label_cols}
     )

@@ -1,15 +1,14 @@
-"""Checks of user input, run on the driver before any training job starts.
+"""Checks of arguments and of model shapes, run on the driver before any training job starts.
 
-Every error names the argument or column and echoes the value received, in the style of
-Keras ("Expected `x` ... Received: x=...").
+Column checks (existence, kind, width) live with the column kinds in data.py; this module
+checks plain arguments and that column widths fit the model. Every error names the argument
+or column and echoes the value received, in the style of Keras ("Expected `x` ... Received:
+x=...").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-
-from distkeras.data import PACKED, PACKED_DTYPE, SCALAR, column_kind, columnar_frame
 
 
 def positive_int(name: str, value) -> int:
@@ -41,66 +40,6 @@ def column_list(name: str, value) -> list[str]:
         if not isinstance(column, str):
             raise TypeError(f"Expected `{name}` to hold column names. Received: {name}={value!r}")
     return list(columns)
-
-
-def check_columns(df, columns: Sequence[str], argument: str) -> None:
-    """Checks that each column exists and is numeric (scalar, array or ML vector).
-
-    Raises:
-        ValueError: a column is missing; the message lists the available ones.
-        TypeError: a column is not numeric; the message gives its type.
-    """
-    for column in columns:
-        if column not in df.columns:
-            raise ValueError(
-                f"Column `{column}` (from `{argument}`) is not in the DataFrame. "
-                f"Available columns: {df.columns}. Received: {argument}={column!r}"
-            )
-        data_type = df.schema[column].dataType
-        if column_kind(data_type) is None:
-            raise TypeError(
-                f"Column `{column}` (from `{argument}`) must be numeric: a number, an array of "
-                f"numbers, an ML Vector or binary packed float32. Received: a column of type "
-                f"{data_type.simpleString()}"
-            )
-
-
-def sample_widths(df, columns: Sequence[str]) -> dict[str, int]:
-    """Reads one row to learn each column's width (1 for scalars).
-
-    Raises:
-        ValueError: if the DataFrame is empty, or a binary column's rows are not whole
-            float32 values.
-    """
-
-    kinds = {c: column_kind(df.schema[c].dataType) for c in columns}
-    frame = columnar_frame(df, columns)  # vectors become arrays, as the workers see them
-    rows = frame.select(*[_width_probe(kinds[c], c).alias(c) for c in columns]).head(1)
-    if not rows:
-        raise ValueError("The DataFrame is empty: there is nothing to train on. Received: 0 rows")
-    widths = {}
-    for column in columns:
-        width = int(rows[0][column])
-        if kinds[column] == PACKED:
-            if width % PACKED_DTYPE.itemsize:
-                raise ValueError(
-                    f"Column `{column}` is binary, so it must hold packed float32 values (4 "
-                    f"bytes each). Received: rows of {width} bytes"
-                )
-            width //= PACKED_DTYPE.itemsize
-        widths[column] = width
-    return widths
-
-
-def _width_probe(kind: str, column: str):
-    """A column's width as Spark computes it: 1 for a scalar, bytes for packed, else size."""
-    from pyspark.sql import functions as F
-
-    if kind == SCALAR:
-        return F.lit(1)
-    if kind == PACKED:
-        return F.length(f"`{column}`")
-    return F.size(f"`{column}`")
 
 
 def _shapes(tensors) -> list[tuple] | None:

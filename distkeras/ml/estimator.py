@@ -12,7 +12,7 @@ import logging
 from pyspark import keyword_only
 from pyspark.ml import Estimator
 
-from distkeras import validation
+from distkeras import data
 from distkeras.ml import registry
 from distkeras.ml.model import KerasModel
 from distkeras.ml.params import KerasEstimatorParams
@@ -103,8 +103,8 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
         params = self.getTrainerParams()
         registry.check_trainer_params(name, params)
         features, label = self.getFeaturesCol(), self.getLabelCol()
-        validation.check_columns(dataset, [features], "featuresCol")
-        validation.check_columns(dataset, [label], "labelCol")
+        data.check_columns(dataset, [features], "featuresCol")
+        data.check_columns(dataset, [label], "labelCol")
         model = self._fresh_model()
         kwargs = dict(
             params,

@@ -218,7 +218,7 @@ class Trainer:
             return None
         if _is_dataframe(validation_data):
             columns = self.features_col + self.label_col
-            validation.check_columns(validation_data, columns, "validation_data")
+            data.check_columns(validation_data, columns, "validation_data")
             arrays = data.collect_arrays(validation_data, columns)
             return data.model_arrays(
                 arrays, self.features_col, self.label_col, self._reshape_targets()
@@ -240,9 +240,9 @@ class Trainer:
         ]
 
     def _check_input(self, df, features, labels) -> None:
-        validation.check_columns(df, features, "features_col")
-        validation.check_columns(df, labels, "label_col")
-        widths = validation.sample_widths(df, features + labels)
+        data.check_columns(df, features, "features_col")
+        data.check_columns(df, labels, "label_col")
+        widths = data.sample_widths(df, features + labels)
         validation.check_fit(
             self.model,
             {c: widths[c] for c in features},
