@@ -12,22 +12,12 @@ import os
 import sys
 from pathlib import Path
 
+from distkeras.algorithms import registry
 from distkeras.errors import DistKerasError
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
 
-TRAINERS = {
-    "single": "SingleTrainer",
-    "adag": "ADAG",
-    "downpour": "DOWNPOUR",
-    "dynsgd": "DynSGD",
-    "aeasgd": "AEASGD",
-    "eamsgd": "EAMSGD",
-    "easgd": "EASGD",
-    "averaging": "AveragingTrainer",
-    "ensemble": "EnsembleTrainer",
-}
 FORMATS = ("parquet", "csv")
 _ASSEMBLED = "__distkeras_features"
 
@@ -112,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--trainer",
-        choices=sorted(TRAINERS),
-        default="adag",
-        help="distributed algorithm (default: adag); see the docs' Trainers page",
+        choices=registry.names(),
+        default=registry.DEFAULT,
+        help="distributed algorithm (default: %(default)s); see the docs' Trainers page",
     )
     train.add_argument(
         "--workers",
@@ -299,9 +289,8 @@ def _session(master: str):
 
 
 def _make_trainer(args, model, features):
-    from distkeras import trainers
+    from distkeras.trainers import make_trainer
 
-    trainer_class = getattr(trainers, TRAINERS[args.trainer])
     options = {
         "features_col": features,
         "label_col": args.label_col,
@@ -309,15 +298,11 @@ def _make_trainer(args, model, features):
         "num_epoch": args.epochs,
         "seed": args.seed,
     }
-    if args.trainer == "ensemble":
-        options["num_ensembles"] = args.workers
-    elif args.trainer != "single":
-        options["num_workers"] = args.workers
     if args.communication_window is not None:
-        if args.trainer == "single":
-            raise UsageError("--communication-window: the single trainer does not take it")
+        if registry.spec(args.trainer).workers == registry.ONE:
+            raise UsageError(f"--communication-window: the {args.trainer} trainer does not take it")
         options["communication_window"] = args.communication_window
-    return trainer_class(model, **options)
+    return make_trainer(args.trainer, model, num_workers=args.workers, **options)
 
 
 def _train(args) -> int:
@@ -346,7 +331,7 @@ def _train(args) -> int:
         history = trainer.fit(df, validation_data=validation_df, verbose=verbose)
     except (ValueError, TypeError) as error:  # raised by the checks before any Spark job
         raise UsageError(str(error)) from error
-    trained = trainer.ensemble_model() if args.trainer == "ensemble" else trainer.model
+    trained = trainer.ensemble_model() if hasattr(trainer, "ensemble_model") else trainer.model
     trained.save(args.output)
     metrics = {name: float(values[-1]) for name, values in history.history.items() if values}
     if not args.json:

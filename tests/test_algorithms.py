@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from distkeras.algorithms import ADAG, AEASGD, EAMSGD, EASGD, Averaging, Downpour, DynSGD
+from distkeras.algorithms import (
+    ADAG,
+    AEASGD,
+    EAMSGD,
+    EASGD,
+    Averaging,
+    Downpour,
+    DynSGD,
+    registry,
+)
 
 
 class RecordingChannel:
@@ -60,7 +69,7 @@ def test_dynsgd_scales_by_staleness():
 
 @pytest.mark.parametrize("cls", [AEASGD, EAMSGD])
 def test_elastic_rule_pulls_then_commits(cls):
-    algorithm = cls(32, rho=5.0, learning_rate=0.1)  # alpha = 0.5
+    algorithm = cls(32, **registry.spec(cls.__name__.lower()).defaults())  # alpha = 0.5
     channel = RecordingChannel(algorithm, w(2.0, 0.0))
     weights, _ = algorithm.worker_rule(w(4.0, 4.0), w(9.0, 9.0), channel)
     np.testing.assert_allclose(channel.commits[0][0], [1.0, 2.0])  # E = 0.5 (W - C)
@@ -69,12 +78,11 @@ def test_elastic_rule_pulls_then_commits(cls):
     assert channel.pulls == 1
 
 
-def test_eamsgd_uses_nesterov_sgd_unless_told_otherwise():
-    optimizer = EAMSGD(32, learning_rate=0.05, momentum=0.8).worker_optimizer()
+def test_eamsgd_brings_nesterov_sgd_and_aeasgd_none():
+    optimizer = EAMSGD(32, rho=5.0, learning_rate=0.05, momentum=0.8).worker_optimizer()
     assert optimizer.get_config()["nesterov"] is True
     assert optimizer.get_config()["momentum"] == pytest.approx(0.8)
-    assert EAMSGD(32, use_own_optimizer=False).worker_optimizer() is None
-    assert AEASGD(32).worker_optimizer() is None
+    assert AEASGD(32, rho=5.0, learning_rate=0.1).worker_optimizer() is None
 
 
 def test_easgd_round_uses_the_shared_center():

@@ -10,12 +10,9 @@ from distkeras.algorithms.base import Algorithm, difference
 
 
 class AEASGD(Algorithm):
-    """Asynchronous EASGD (defaults λ = 32, ρ = 5.0, learning_rate = 0.1)."""
+    """Asynchronous EASGD (defaults: distkeras.algorithms.registry)."""
 
-    name = "aeasgd"
-    default_window = 32
-
-    def __init__(self, window: int | None, rho: float = 5.0, learning_rate: float = 0.1):
+    def __init__(self, window: int | None, rho: float, learning_rate: float):
         super().__init__(window)
         self.rho = rho
         self.learning_rate = learning_rate

@@ -11,11 +11,9 @@ from distkeras.algorithms.base import Algorithm
 
 
 class Averaging(Algorithm):
-    """Synchronous model averaging (default: one round per epoch)."""
+    """Synchronous model averaging (one round per window)."""
 
-    name = "averaging"
     synchronous = True
-    default_window = None
 
     def worker_rule(self, weights, reference, channel):
         center = channel.commit_and_pull(weights)

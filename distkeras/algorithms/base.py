@@ -47,15 +47,11 @@ class Algorithm:
     """A distributed optimisation rule.
 
     Attributes:
-        name: short name used by the trainers and the Spark ML stage.
         window: local steps between two exchanges with the server (None: once per epoch).
-        default_window: the window trainers use when none is given.
         synchronous: True when commits are gathered in rounds (see `round_rule`).
     """
 
-    name = "algorithm"
     synchronous = False
-    default_window: int | None = None
 
     def __init__(self, window: int | None):
         self.window = window

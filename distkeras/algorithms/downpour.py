@@ -9,10 +9,7 @@ from distkeras.algorithms.base import Algorithm, difference
 
 
 class Downpour(Algorithm):
-    """DOWNPOUR worker and server rules (default λ = 5)."""
-
-    name = "downpour"
-    default_window = 5
+    """DOWNPOUR worker and server rules."""
 
     def worker_rule(self, weights, reference, channel):
         center = channel.commit_and_pull(difference(weights, reference))

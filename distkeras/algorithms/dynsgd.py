@@ -10,10 +10,7 @@ from distkeras.algorithms.downpour import Downpour
 
 
 class DynSGD(Downpour):
-    """DynSGD worker (DOWNPOUR's) and staleness-scaled server rule (default λ = 5)."""
-
-    name = "dynsgd"
-    default_window = 5
+    """DynSGD worker (DOWNPOUR's) and staleness-scaled server rule."""
 
     def server_rule(self, center, arrays, staleness):
         add_into(center, arrays, 1.0 / (staleness + 1))

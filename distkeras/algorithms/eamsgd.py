@@ -8,18 +8,13 @@ from distkeras.algorithms.aeasgd import AEASGD
 
 
 class EAMSGD(AEASGD):
-    """EAMSGD (defaults λ = 32, ρ = 5.0, learning_rate = 0.1, momentum = 0.9)."""
+    """EAMSGD: its local steps are Nesterov SGD unless the trainer has a worker_optimizer."""
 
-    name = "eamsgd"
-
-    def __init__(self, window, rho=5.0, learning_rate=0.1, momentum=0.9, use_own_optimizer=True):
+    def __init__(self, window, rho: float, learning_rate: float, momentum: float):
         super().__init__(window, rho, learning_rate)
         self.momentum = momentum
-        self.use_own_optimizer = use_own_optimizer
 
     def worker_optimizer(self):
-        if not self.use_own_optimizer:
-            return None
         import keras
 
         return keras.optimizers.SGD(self.learning_rate, momentum=self.momentum, nesterov=True)

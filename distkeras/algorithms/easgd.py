@@ -10,9 +10,8 @@ from distkeras.algorithms.base import add_into, difference
 
 
 class EASGD(AEASGD):
-    """Synchronous EASGD (defaults λ = 32, ρ = 5.0, learning_rate = 0.1, so α = 0.5)."""
+    """Synchronous EASGD (with the registry's defaults ρ = 5.0, learning_rate = 0.1: α = 0.5)."""
 
-    name = "easgd"
     synchronous = True
 
     def worker_rule(self, weights, reference, channel):

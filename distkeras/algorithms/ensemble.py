@@ -20,9 +20,6 @@ class Ensemble(Algorithm):
         num_members: number of members (and workers).
     """
 
-    name = "ensemble"
-    default_window = None
-
     def __init__(self, window, member_size: int, num_members: int):
         super().__init__(window)
         self.member_size = member_size

@@ -13,6 +13,7 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator
 
 from distkeras import data
+from distkeras.algorithms.registry import DEFAULT as DEFAULT_TRAINER
 from distkeras.ml import registry
 from distkeras.ml.model import KerasModel
 from distkeras.ml.params import KerasEstimatorParams
@@ -31,8 +32,8 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
 
     Args:
         model: the keras.Model: compiled, or completed by `loss` and `optimizer`.
-        trainer: the trainer's name: single, adag, downpour, dynsgd, aeasgd, eamsgd, easgd
-            or averaging.
+        trainer: the trainer's name, one of `distkeras.ml.trainer_names()` (single, adag,
+            downpour, dynsgd, aeasgd, eamsgd, easgd, averaging).
         featuresCol: feature column: an ML Vector, an array of numbers or a number.
         labelCol: label column: a class index, a number or a vector (one-hot, targets).
         predictionCol: the KerasModel's prediction column (a double).
@@ -55,7 +56,7 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
         self,
         *,
         model=None,
-        trainer: str = "adag",
+        trainer: str = DEFAULT_TRAINER,
         featuresCol: str = "features",
         labelCol: str = "label",
         predictionCol: str = "prediction",

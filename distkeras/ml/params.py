@@ -20,6 +20,7 @@ from pyspark.ml.param.shared import (
 )
 
 from distkeras import validation
+from distkeras.algorithms.registry import DEFAULT as DEFAULT_TRAINER
 from distkeras.ml import registry
 
 
@@ -214,7 +215,12 @@ class KerasEstimatorParams(KerasModelParams, HasLabelCol):
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(
-            trainer="adag", trainerParams={}, numWorkers=2, batchSize=32, epochs=1, verbose=0
+            trainer=DEFAULT_TRAINER,
+            trainerParams={},
+            numWorkers=2,
+            batchSize=32,
+            epochs=1,
+            verbose=0,
         )
 
     def getTrainer(self) -> str:

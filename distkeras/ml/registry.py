@@ -1,24 +1,15 @@
 """Trainer names for the Spark ML stage: `trainer="adag"` to a Trainer class and its arguments.
 
-Registry: name -> (module, class), imported only when a stage is fitted. trainer_arguments:
-the keyword arguments a trainer accepts beyond those the stage's own Params set.
+The names, classes and defaults are distkeras.algorithms.registry's (every trainer but the
+ensemble, whose fit returns several models). trainer_arguments: the keyword arguments a
+trainer accepts beyond those the stage's own Params set.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
-_TRAINERS = {
-    "single": ("distkeras.trainers", "SingleTrainer"),
-    "adag": ("distkeras.trainers", "ADAG"),
-    "downpour": ("distkeras.trainers", "DOWNPOUR"),
-    "dynsgd": ("distkeras.trainers", "DynSGD"),
-    "aeasgd": ("distkeras.trainers", "AEASGD"),
-    "eamsgd": ("distkeras.trainers", "EAMSGD"),
-    "easgd": ("distkeras.trainers.synchronous", "EASGD"),
-    "averaging": ("distkeras.trainers.synchronous", "AveragingTrainer"),
-}
+from distkeras.algorithms import registry
 
 # Trainer arguments that the stage sets from its own Params: argument -> Param.
 STAGE_ARGUMENTS = {
@@ -34,26 +25,23 @@ STAGE_ARGUMENTS = {
     "communication_window": "communicationWindow",
 }
 
-# Trainers that always run one worker: they take neither argument.
-_ONE_WORKER = {"single": ("num_workers", "communication_window")}
+_ONE_WORKER_ARGUMENTS = ("num_workers", "communication_window")
 
 
 def trainer_names() -> list[str]:
     """The valid values of `trainer`, in a stable order."""
-    return list(_TRAINERS)
+    return [name for name, row in registry.REGISTRY.items() if row.workers != registry.MEMBERS]
 
 
 def normalize_trainer_name(name) -> str:
-    """Returns `name` in lower case if it names a trainer.
+    """Returns `name` in lower case if it names a trainer of the stage.
 
     Raises:
         TypeError: if `name` is not a string.
         ValueError: if no trainer has that name; the message lists the valid names.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"Expected `trainer` to be a trainer's name. Received: trainer={name!r}")
-    key = name.strip().lower()
-    if key not in _TRAINERS:
+    key = registry.normalize(name)
+    if key not in trainer_names():
         raise ValueError(
             f"Unknown trainer {name!r}. Valid trainers: {', '.join(trainer_names())}. "
             f"Received: trainer={name!r}"
@@ -62,31 +50,34 @@ def normalize_trainer_name(name) -> str:
 
 
 def trainer_class(name: str) -> type:
-    """Imports and returns the Trainer class called `name` (see `trainer_names()`)."""
-    module, attribute = _TRAINERS[normalize_trainer_name(name)]
-    return getattr(importlib.import_module(module), attribute)
+    """The Trainer class called `name` (see `trainer_names()`)."""
+    from distkeras.trainers import trainer_class as named_class
+
+    return named_class(normalize_trainer_name(name))
 
 
 def takes_workers(name: str) -> bool:
     """False for trainers that always train one worker (no num_workers, no window)."""
-    return normalize_trainer_name(name) not in _ONE_WORKER
+    return registry.spec(normalize_trainer_name(name)).workers == registry.MANY
 
 
 def trainer_arguments(name: str) -> set[str]:
     """The keyword arguments of trainer `name` that `trainerParams` may carry.
 
-    Collects the named parameters of every `__init__` along the class hierarchy (a
-    subclass passes `**kwargs` up), minus those set from the stage's Params.
+    The named parameters of `Trainer.__init__` plus the algorithm's own (from the
+    registry), minus those set from the stage's Params.
     """
-    names: set[str] = set()
-    for cls in trainer_class(name).__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            continue
-        for parameter in list(inspect.signature(init).parameters.values())[1:]:
-            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-                names.add(parameter.name)
-    names -= set(_ONE_WORKER.get(normalize_trainer_name(name), ()))
+    from distkeras.trainers import Trainer
+
+    row = registry.spec(normalize_trainer_name(name))
+    names = {
+        parameter.name
+        for parameter in list(inspect.signature(Trainer.__init__).parameters.values())[1:]
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    names |= set(row.parameters)
+    if row.workers == registry.ONE:
+        names -= set(_ONE_WORKER_ARGUMENTS)
     return names - set(STAGE_ARGUMENTS)
 
 

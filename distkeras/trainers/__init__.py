@@ -1,10 +1,19 @@
 """Trainers: a Keras model in, a trained Keras model out, trained over Spark partitions."""
 
-from distkeras.trainers.asynchronous import ADAG, AEASGD, DOWNPOUR, EAMSGD, DynSGD
 from distkeras.trainers.base import Trainer
 from distkeras.trainers.ensemble import EnsembleTrainer
-from distkeras.trainers.single import SingleTrainer
-from distkeras.trainers.synchronous import EASGD, AveragingTrainer
+from distkeras.trainers.named import (
+    ADAG,
+    AEASGD,
+    DOWNPOUR,
+    EAMSGD,
+    EASGD,
+    AveragingTrainer,
+    DynSGD,
+    SingleTrainer,
+    make_trainer,
+    trainer_class,
+)
 
 __all__ = [
     "ADAG",
@@ -17,4 +26,6 @@ __all__ = [
     "DynSGD",
     "SingleTrainer",
     "Trainer",
+    "make_trainer",
+    "trainer_class",
 ]

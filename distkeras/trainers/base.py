@@ -3,7 +3,8 @@
 Trainer.train(df) and Trainer.fit(x, y, ...) check their input on the driver, start a
 ParameterServer with the algorithm's rules, run the workers as one Spark barrier stage,
 follow them with a TrainingMonitor (progress, validation, callbacks) and return the
-compiled Keras model with the center weights. Each named trainer only picks an algorithm.
+compiled Keras model with the center weights. Each named trainer only picks an algorithm
+from distkeras.algorithms.registry (`class ADAG(Trainer, algorithm="adag")`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 import numpy as np
 
 from distkeras import data, validation
+from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
 from distkeras.checkpoint import Checkpointer, load_checkpoint
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
@@ -32,7 +34,8 @@ class Trainer:
 
     Args:
         keras_model: the keras.Model to train (compiled, or with `loss`/`worker_optimizer`).
-        worker_optimizer: optimizer for the workers' local steps; None: the model's.
+        worker_optimizer: optimizer for the workers' local steps; None: the model's (EAMSGD:
+            its Nesterov SGD).
         loss: loss; None: the model's.
         metrics: metrics; None: the model's.
         features_col: feature column, or a list of them for a model with several inputs.
@@ -51,9 +54,16 @@ class Trainer:
             written every `checkpoint_interval` seconds and when the run ends or fails.
         checkpoint_interval: seconds between two periodic checkpoints.
         resume_from: a checkpoint folder to continue from: its weights and its epoch.
+        **parameters: the algorithm's own arguments (e.g. `rho=5.0` for the elastic
+            trainers); names and defaults are in distkeras.algorithms.registry.
     """
 
-    algorithm_class: type[Algorithm] = Algorithm
+    spec: registry.AlgorithmSpec | None = None  # set by `class X(Trainer, algorithm="x")`
+
+    def __init_subclass__(cls, algorithm: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if algorithm is not None:
+            cls.spec = registry.spec(algorithm)
 
     def __init__(
         self,
@@ -75,7 +85,14 @@ class Trainer:
         checkpoint_dir: str | None = None,
         checkpoint_interval: float = 600.0,
         resume_from: str | None = None,
+        **parameters,
     ):
+        if self.spec is None:
+            raise TypeError(
+                "Trainer is the base class: use a named trainer (e.g. DOWNPOUR), or subclass "
+                'it with an algorithm from the registry (class X(Trainer, algorithm="adag")).'
+            )
+        self.parameters = self._algorithm_parameters(parameters)
         self.model = ensure_keras_model(keras_model)
         self.worker_optimizer = worker_optimizer
         self.loss = loss
@@ -113,11 +130,25 @@ class Trainer:
 
     def algorithm(self) -> Algorithm:
         """The algorithm of this trainer, with its parameters."""
-        return self.algorithm_class(self.window())
+        return self.spec.algorithm(self.window(), **self.parameters)
 
     def window(self) -> int | None:
-        """Local steps between two exchanges: `communication_window`, else the algorithm's."""
-        return self.communication_window or self.algorithm_class.default_window
+        """Local steps between two exchanges: `communication_window`, else the registry's."""
+        return self.communication_window or self.spec.window
+
+    def _algorithm_parameters(self, given: dict) -> dict:
+        accepted = self.spec.parameters
+        unknown = sorted(set(given) - set(accepted))
+        if unknown:
+            takes = ", ".join(accepted) or "no algorithm parameters"
+            raise TypeError(
+                f"{type(self).__name__} got unexpected arguments {unknown} (it takes {takes}, "
+                f"besides the Trainer arguments). Received: {given!r}"
+            )
+        return {
+            name: parameter.check(name, given.get(name, parameter.default))
+            for name, parameter in accepted.items()
+        }
 
     def train(self, dataframe, shuffle: bool = False, verbose="auto"):
         """Trains on `dataframe` and returns the compiled model with the trained weights.
@@ -308,7 +339,7 @@ class Trainer:
         )
         spec = ModelSpec.from_model(
             self.model,
-            algorithm.worker_optimizer() or self.worker_optimizer,
+            self.worker_optimizer or algorithm.worker_optimizer(),
             self.loss,
             self.metrics,
         )

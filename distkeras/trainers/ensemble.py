@@ -8,7 +8,6 @@ one Keras model that averages their outputs; `ensemble_model()` returns it.
 from __future__ import annotations
 
 from distkeras import validation
-from distkeras.algorithms import Ensemble
 from distkeras.model_spec import compile_settings
 from distkeras.trainers.base import Trainer
 
@@ -42,7 +41,7 @@ def _fresh_copy(model, index: int, settings: dict):
     return member
 
 
-class EnsembleTrainer(Trainer):
+class EnsembleTrainer(Trainer, algorithm="ensemble"):
     """Trains `num_ensembles` independent copies of the model in parallel.
 
     Args:
@@ -61,7 +60,9 @@ class EnsembleTrainer(Trainer):
         self._ensemble = None
 
     def algorithm(self):
-        return Ensemble(self.communication_window, len(self.model.weights), self.num_ensembles)
+        return self.spec.algorithm(
+            self.communication_window, len(self.model.weights), self.num_ensembles
+        )
 
     def train(self, dataframe, shuffle: bool = False, verbose="auto") -> list:
         """Trains the members on `dataframe` and returns them (a list of Keras models)."""

@@ -1,0 +1,191 @@
+"""Time to accuracy: every trainer next to `keras.Model.fit`, at the model's own settings.
+
+The benchmark workload: MNIST (first 8,000 images train, last 2,000 test), MLP
+784-256-128-10 compiled with Adam(1e-3), batch 32, 20 epochs, 2 workers on `local[2]`,
+executors warmed up, training DataFrame cached. In one run it measures `model.fit`,
+`model.fit` with `steps_per_execution` tuned (the fastest of a short probe), then every
+trainer twice: with the model's own optimizer and with the trainer's documented setting
+(where it differs). Each run records the test accuracy of the model (the center) at every
+epoch end and the seconds since training began, and prints the seconds to reach `fit`'s
+final accuracy minus 0.5 points, the final accuracy and samples/s.
+
+Usage: .venv/bin/python bench/time_to_accuracy.py [--epochs 20] [--runs fit,ADAG,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+
+from train_bench import mlp  # the same model as the throughput bench
+
+from distkeras.algorithms import registry
+from distkeras.algorithms.adag import learning_rate as adag_learning_rate
+
+logger = logging.getLogger(__name__)
+
+TOLERANCE = 0.005  # time to reach fit's final accuracy minus 0.5 points
+ADAM_LEARNING_RATE = 1e-3
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run: accuracy after each epoch and when it was reached."""
+
+    name: str
+    setting: str
+    samples: int = 0
+    seconds: float = 0.0
+    curve: list = dataclasses.field(default_factory=list)  # (seconds, test accuracy)
+
+    @property
+    def accuracy(self) -> float:
+        return self.curve[-1][1]
+
+    def time_to(self, target: float) -> float | None:
+        return next((t for t, acc in self.curve if acc >= target), None)
+
+
+def accuracy_recorder(run: Run, x_test, y_test):
+    """A Keras callback appending (seconds since train begin, val accuracy) at epoch ends."""
+    import keras
+
+    class Recorder(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            run.curve.append((time.perf_counter() - self.started, float(logs["val_acc"])))
+
+        def on_train_end(self, logs=None):
+            run.seconds = time.perf_counter() - self.started
+
+    return Recorder()
+
+
+def fit_run(x, y, x_test, y_test, epochs, steps_per_execution=1) -> Run:
+    setting = "Adam(1e-3)" + (
+        f", steps_per_execution={steps_per_execution}" if steps_per_execution > 1 else ""
+    )
+    run = Run("keras fit", setting, samples=epochs * len(x))
+    model = mlp(steps_per_execution=steps_per_execution)
+    model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=epochs,
+        verbose=0,
+        validation_data=(x_test, y_test),
+        callbacks=[accuracy_recorder(run, x_test, y_test)],
+    )
+    return run
+
+
+def tuned_steps_per_execution(x, y) -> int:
+    """The fastest steps_per_execution for one epoch of fit on 2,000 rows."""
+    best, best_seconds = 1, float("inf")
+    for steps in (1, 8, 32, 128):
+        model = mlp(steps_per_execution=steps)
+        model.fit(x[:256], y[:256], batch_size=32, epochs=1, verbose=0)  # trace
+        started = time.perf_counter()
+        model.fit(x[:2000], y[:2000], batch_size=32, epochs=1, verbose=0)
+        seconds = time.perf_counter() - started
+        if seconds < best_seconds:
+            best, best_seconds = steps, seconds
+    return best
+
+
+def trainer_run(name, setting, make_trainer, df, x_test, y_test, epochs) -> Run:
+    run = Run(name, setting)
+    trainer = make_trainer()
+    trainer.fit(
+        df,
+        epochs=epochs,
+        validation_data=(x_test, y_test),
+        callbacks=[accuracy_recorder(run, x_test, y_test)],
+        verbose=0,
+    )
+    run.samples = sum(summary["samples"] for summary in trainer.worker_summaries)
+    return run
+
+
+def documented_settings(name: str) -> dict[str, tuple]:
+    """Setting label -> (model learning rate, trainer kwargs): the model's own Adam(1e-3),
+    then the setting docs/trainers.md documents for the trainer, where it differs."""
+    own = {"model's Adam(1e-3)": (ADAM_LEARNING_RATE, {})}
+    if name == "adag":
+        window = registry.spec("adag").window
+        rate = adag_learning_rate(ADAM_LEARNING_RATE, window, num_workers=2)
+        return {**own, f"Adam({rate:g}) = 1e-3 x λ/p (docs)": (rate, {})}
+    if name == "eamsgd":  # its own Nesterov SGD unless given a worker optimizer
+        return {
+            "model's Adam(1e-3)": (ADAM_LEARNING_RATE, {"worker_optimizer": "model"}),
+            "its Nesterov SGD(0.1) (docs)": (ADAM_LEARNING_RATE, {}),
+        }
+    return own
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--runs", default="", help="comma-separated registry names; all if empty")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from distkeras import trainers
+    from distkeras.data import numpy_to_frame
+    from distkeras.datasets import load_mnist
+    from distkeras.spark import get_spark_session
+
+    (x, y), (x_test, y_test) = load_mnist()
+    spark = get_spark_session("local[2]", app_name="distkeras-time-to-accuracy")
+    df = numpy_to_frame(spark, {"features": x, "label": y}, packed=True).repartition(2).cache()
+    df.count()
+    trainers.DOWNPOUR(mlp(), num_workers=2).fit(df.limit(64), verbose=0)  # warm executors
+
+    runs = [fit_run(x, y, x_test, y_test, args.epochs)]
+    steps = tuned_steps_per_execution(x, y)
+    runs.append(fit_run(x, y, x_test, y_test, args.epochs, steps))
+    target = runs[0].accuracy - TOLERANCE
+    names = args.runs.split(",") if args.runs else registry.names()
+    for name in names:
+        for label, (learning_rate, kwargs) in documented_settings(name).items():
+
+            def make(name=name, learning_rate=learning_rate, kwargs=kwargs):
+                model = mlp(learning_rate)
+                kwargs = dict(kwargs)
+                if kwargs.get("worker_optimizer") == "model":
+                    kwargs["worker_optimizer"] = model.optimizer
+                return trainers.make_trainer(name, model, num_workers=2, seed=0, **kwargs)
+
+            runs.append(trainer_run(name, label, make, df, x_test, y_test, args.epochs))
+            logger.info("%s %s: %.4f", name, label, runs[-1].accuracy)
+    print_table(runs, target, args.epochs)
+    spark.stop()
+
+
+def print_table(runs, target: float, epochs: int) -> None:
+    fit_rate = runs[0].samples / runs[0].seconds
+    print(
+        f"\nMNIST 8,000 rows x {epochs} epochs, MLP 784-256-128-10, batch 32, local[2]; "
+        f"target: fit's final accuracy - 0.5 points = {target:.4f}"
+    )
+    header = (
+        f"{'run':<18} {'setting':<38} {'s to target':>11} {'final acc':>9} "
+        f"{'samples/s':>10} {'vs fit':>7}"
+    )
+    print(header)
+    for run in runs:
+        reached = run.time_to(target)
+        shown = "not reached" if reached is None else f"{reached:.1f}"
+        rate = run.samples / run.seconds
+        print(
+            f"{run.name:<18} {run.setting:<38} {shown:>11} {run.accuracy:>9.4f} "
+            f"{rate:>10,.0f} {rate / fit_rate:>6.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
