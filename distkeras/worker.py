@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,9 +42,8 @@ class WorkerPlan:
         threads: TensorFlow intra-op threads (Spark's cpus per task).
         custom_objects: classes and functions the model refers to by name.
         first_epoch: the epoch to start from (a resumed run skips the epochs it has done).
-        fault: test-only fault injection, e.g. {"worker": 0, "after_commits": 3,
-            "action": "fail" or "hang", "marker": path}; acts once: the first attempt creates
-            the marker file, and a retried stage finds it and trains normally.
+        on_exchange: called as `on_exchange(worker_id, commits)` after every exchange with
+            the server, inside the task (the tests inject faults through it); None: nothing.
     """
 
     model: ModelSpec
@@ -62,7 +62,7 @@ class WorkerPlan:
     threads: int = 1
     custom_objects: dict | None = None
     first_epoch: int = 0
-    fault: dict | None = None
+    on_exchange: Callable[[int, int], None] | None = None
 
 
 def train_partition(plan: WorkerPlan, batches):
@@ -101,23 +101,6 @@ def _take(data, index):
     return data[index]
 
 
-def _inject_fault(plan: WorkerPlan, worker_id: int, commits: int) -> None:
-    fault = plan.fault
-    if not fault or fault["worker"] != worker_id or commits != fault["after_commits"]:
-        return
-    try:
-        with open(fault["marker"], "x"):  # only the first attempt gets here
-            pass
-    except FileExistsError:
-        return
-    if fault["action"] == "hang":
-        logger.warning("test fault: worker %d stops responding", worker_id)
-        deadline = time.monotonic() + fault.get("seconds", 3600)
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-    raise RuntimeError(f"test fault injected after {commits} commits")
-
-
 def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     from distkeras.data import arrow_to_numpy, model_arrays
     from distkeras.local_steps import WindowRunner
@@ -151,7 +134,8 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
                 model.set_weights(weights)
                 done += len(index)
                 commits += 1
-                _inject_fault(plan, worker_id, commits)
+                if plan.on_exchange is not None:
+                    plan.on_exchange(worker_id, commits)
                 if client.stop_requested:
                     break
                 if time.monotonic() - last_report >= plan.report_interval:

@@ -17,8 +17,10 @@ from distkeras import trainers
 from distkeras.checkpoint import STATE_FILE, WEIGHTS_FILE
 from distkeras.errors import WorkerError
 from distkeras.parameter_server import Client, ParameterServer
+from distkeras.trainers import base as trainers_base
 
 from .conftest import accuracy, mlp
+from .jobs.faults import exchange_fault, plan_with
 
 JOB = Path(__file__).parent / "jobs" / "train_job.py"
 
@@ -68,15 +70,11 @@ def test_failed_worker_is_retried_from_the_current_center(tmp_path):
     assert result["accuracy"] >= 0.92
 
 
-def test_hung_worker_fails_the_run_naming_it(mnist, tmp_path):
+def test_hung_worker_fails_the_run_naming_it(mnist, tmp_path, monkeypatch):
     (x, y), _ = mnist
+    hook = exchange_fault(1, 2, "hang", str(tmp_path / "hang"))
+    monkeypatch.setattr(trainers_base, "WorkerPlan", plan_with(hook))
     trainer = trainers.DOWNPOUR(mlp(hidden=(16,)), num_workers=2, worker_timeout=4.0)
-    trainer._test_fault = {
-        "worker": 1,
-        "after_commits": 2,
-        "action": "hang",
-        "marker": str(tmp_path / "hang"),
-    }
     started = time.monotonic()
     with pytest.raises(WorkerError, match="worker 1 sent no progress"):
         trainer.fit(x[:4000], y[:4000], epochs=50, verbose=0)

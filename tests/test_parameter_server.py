@@ -1,4 +1,4 @@
-"""Tests of distkeras.parameter_server over real loopback sockets: service, faults, rounds."""
+"""Tests of distkeras.ps over real loopback sockets: service, faults, rounds."""
 
 import os
 import socket
@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from distkeras import protocol
 from distkeras.errors import AuthenticationError, DistKerasError, ProtocolError
 from distkeras.parameter_server import Client, ParameterServer
-from distkeras.protocol import HEADER, MAGIC, VERSION, MsgType
+from distkeras.ps import protocol
+from distkeras.ps.protocol import HEADER, MAGIC, VERSION, MsgType
 
 SHAPES = [(4, 3), (5,)]
 

@@ -1,4 +1,4 @@
-"""Tests of distkeras.protocol: framing, metadata validation, handshake digests, fuzzing."""
+"""Tests of distkeras.ps.protocol: framing, metadata validation, handshake digests, fuzzing."""
 
 import io
 import json
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distkeras import protocol
 from distkeras.errors import AuthenticationError, ProtocolError
-from distkeras.protocol import HEADER, MAGIC, VERSION, Limits, MsgType
+from distkeras.ps import protocol
+from distkeras.ps.protocol import HEADER, MAGIC, VERSION, Limits, MsgType
 
 ARRAYS = [
     np.arange(12, dtype=np.float32).reshape(3, 4),

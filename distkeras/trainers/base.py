@@ -120,7 +120,6 @@ class Trainer:
             "checkpoint_interval", checkpoint_interval
         )
         self.resume_from = resume_from
-        self._test_fault: dict | None = None  # test-only fault injection (see WorkerPlan)
         self.history = None
         self.parameter_server_stats: dict = {}
         self.worker_summaries: list[dict] = []
@@ -394,7 +393,6 @@ class Trainer:
                 threads=threads,
                 custom_objects=self.custom_objects,
                 first_epoch=first_epoch,
-                fault=self._test_fault,
             )
             workers = frame.mapInArrow(
                 lambda batches: train_partition(plan, batches), SUMMARY_SCHEMA, barrier=True

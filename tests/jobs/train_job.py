@@ -11,12 +11,14 @@ import socket
 import sys
 import time
 
+import faults  # tests/jobs/faults.py, next to this script
 import keras
 import numpy as np
 
 from distkeras import trainers
 from distkeras.datasets import load_mnist
 from distkeras.spark import get_spark_session
+from distkeras.trainers import base as trainers_base
 
 
 class EpochPrinter(keras.callbacks.Callback):
@@ -67,12 +69,8 @@ def main() -> None:
     )
     if args.fault:
         worker, after, action, marker = args.fault.split(":")
-        trainer._test_fault = {
-            "worker": int(worker),
-            "after_commits": int(after),
-            "action": action,
-            "marker": marker,
-        }
+        hook = faults.exchange_fault(int(worker), int(after), action, marker)
+        trainers_base.WorkerPlan = faults.plan_with(hook)
     started = time.monotonic()
     try:
         trainer.fit(

@@ -1,7 +1,9 @@
 """Wire protocol between workers and the parameter server (byte-level spec: docs/protocol.md).
 
 Framing: binary header + JSON metadata + raw array bytes. Messages: types and their metadata
-schema, validated on decode. Handshake: mutual HMAC-SHA256. No model, no rule, no threads here.
+schema (`SCHEMA`), validated on decode. Stream: one socket's framed, byte-counted I/O.
+Handshake: both halves of the mutual HMAC-SHA256 challenge, side by side. No model, no rule,
+no threads here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from distkeras.errors import AuthenticationError, ProtocolError
+from distkeras.errors import AuthenticationError, DistKerasError, ProtocolError
 
 MAGIC = b"DKPS"
 VERSION = 1
@@ -37,6 +39,9 @@ MAX_CLOCK = 2**63 - 1
 ALLOWED_DTYPES = frozenset(
     ["|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"]
 )
+
+SOCKET_BUFFER = 4 << 20
+Address = tuple[str, int]
 
 _CLIENT_LABEL = b"distkeras-client|"
 _SERVER_LABEL = b"distkeras-server|"
@@ -64,8 +69,10 @@ class MsgType(enum.IntEnum):
 
 _HEX_NONCE = ("hex", NONCE_SIZE)
 _HEX_DIGEST = ("hex", hashlib.sha256().digest_size)
-# Required metadata keys per type: key -> kind. Unknown keys are ignored.
-_SCHEMA: dict[MsgType, dict[str, Any]] = {
+# Required metadata keys per type: key -> kind. Unknown keys are ignored, so a reply may carry
+# extra fields (e.g. the server's published ones) without a schema change. A new message type
+# is one entry here, one in MsgType and one handler in the server's dispatch table.
+SCHEMA: dict[MsgType, dict[str, Any]] = {
     MsgType.CHALLENGE: {"nonce": _HEX_NONCE},
     MsgType.RESPONSE: {"digest": _HEX_DIGEST, "nonce": _HEX_NONCE, "worker_id": "worker_id"},
     MsgType.WELCOME: {
@@ -140,7 +147,7 @@ class Message:
 
     Attributes:
         type: The message type.
-        meta: Validated metadata (see `_SCHEMA` and docs/protocol.md).
+        meta: Validated metadata (see `SCHEMA` and docs/protocol.md).
         arrays: Arrays decoded from the payload (views into the receive buffer).
     """
 
@@ -192,7 +199,7 @@ def encode(
         [header + metadata bytes, then each array's bytes and padding] for `send_buffers`.
     """
     meta = dict(meta or {})
-    if arrays or _SCHEMA[msg_type].get("arrays"):
+    if arrays or SCHEMA[msg_type].get("arrays"):
         meta["arrays"] = array_specs(arrays)
     raw = json.dumps(meta, separators=(",", ":")).encode()
     buffers: list[Any] = [b""]
@@ -333,7 +340,7 @@ def decode_metadata(msg_type: MsgType, raw: bytes, payload_len: int, limits: Lim
     if not isinstance(meta, dict):
         raise ProtocolError(f"metadata of {msg_type.name} must be a JSON object")
     described = 0
-    for key, kind in _SCHEMA[msg_type].items():
+    for key, kind in SCHEMA[msg_type].items():
         if key not in meta:
             raise ProtocolError(f"{msg_type.name} metadata lacks field {key!r}")
         value = meta[key]
@@ -456,6 +463,68 @@ def parse_frame(data: bytes, limits: Limits) -> Message:
     return message
 
 
+# ----------------------------------------------------------------------------- stream
+
+
+def configure(sock: socket.socket) -> None:
+    """No Nagle delay and large buffers: frames are big and come as request/reply."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+
+
+class Stream:
+    """Framed I/O over one connected socket, counting the bytes each way.
+
+    Args:
+        sock: A connected socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received = 0
+        self.sent = 0
+
+    def recv_into(self, view: memoryview) -> int:
+        """`socket.recv_into`, counted."""
+        n = self.sock.recv_into(view)
+        self.received += n
+        return n
+
+    def send(
+        self, msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence = ()
+    ) -> None:
+        """Encodes and sends one frame."""
+        self.sent += send_buffers(self.sock, encode(msg_type, meta, arrays))
+
+    def read(
+        self,
+        limits: Limits,
+        validate: Validator | None = None,
+        buffer_for: BufferFor | None = None,
+    ) -> Message:
+        """Reads one frame (see `read_frame`)."""
+        return read_frame(self.recv_into, limits, validate, buffer_for)[0]
+
+
+def check_reply(msg: Message, expected: MsgType, during: str) -> Message:
+    """Returns `msg` if it has type `expected`; raises with the server's text for an ERROR.
+
+    Raises:
+        AuthenticationError: An ERROR of kind "auth".
+        DistKerasError: Any other ERROR (the stream is still in sync).
+        ProtocolError: A reply of another type.
+    """
+    if msg.type is MsgType.ERROR:
+        error = msg.meta["error"]
+        if msg.meta.get("kind") == "auth":
+            raise AuthenticationError(f"parameter server refused the handshake: {error}")
+        raise DistKerasError(f"parameter server refused {during}: {error}")
+    if msg.type is not expected:
+        raise ProtocolError(f"expected {expected.name} in reply to {during}, got {msg.type.name}")
+    return msg
+
+
 # ----------------------------------------------------------------------------- handshake
 
 
@@ -482,3 +551,60 @@ def verify_digest(expected: str, received: str, who: str) -> None:
     """
     if not hmac.compare_digest(expected.encode(), received.encode()):
         raise AuthenticationError(f"{who} failed the HMAC challenge: wrong secret")
+
+
+Admit = Callable[[int], dict[str, Any]]
+
+
+def serve_handshake(stream: Stream, secret: bytes, admit: Admit) -> int:
+    """The server's half: challenge, check the answer, admit the worker, prove itself.
+
+    Args:
+        stream: The new connection.
+        secret: The shared HMAC key.
+        admit: Called with the authenticated worker id; returns the WELCOME fields (clock,
+            center layout, ...) or raises `ProtocolError` to refuse the worker.
+
+    Returns:
+        The authenticated worker id.
+
+    Raises:
+        AuthenticationError: Wrong secret.
+        ProtocolError: Anything else unexpected.
+    """
+    nonce = new_nonce()
+    stream.send(MsgType.CHALLENGE, {"nonce": nonce})
+    msg = stream.read(HANDSHAKE_LIMITS)
+    if msg.type is not MsgType.RESPONSE:
+        raise ProtocolError(f"expected RESPONSE during the handshake, got {msg.type.name}")
+    verify_digest(client_digest(secret, nonce), msg.meta["digest"], "client")
+    worker_id = msg.meta["worker_id"]
+    welcome = admit(worker_id)
+    stream.send(MsgType.WELCOME, {**welcome, "digest": server_digest(secret, msg.meta["nonce"])})
+    return worker_id
+
+
+def answer_handshake(stream: Stream, secret: bytes, worker_id: int) -> Message:
+    """The client's half: answer the challenge, challenge back, check the server's proof.
+
+    Returns:
+        The server's WELCOME.
+
+    Raises:
+        AuthenticationError: Either side failed the challenge.
+        DistKerasError: The server refused this worker.
+        ProtocolError: Anything else unexpected.
+    """
+    challenge = check_reply(
+        stream.read(CLIENT_HANDSHAKE_LIMITS), MsgType.CHALLENGE, "the handshake"
+    )
+    nonce = new_nonce()
+    response = {
+        "digest": client_digest(secret, challenge.meta["nonce"]),
+        "nonce": nonce,
+        "worker_id": worker_id,
+    }
+    stream.send(MsgType.RESPONSE, response)
+    welcome = check_reply(stream.read(CLIENT_HANDSHAKE_LIMITS), MsgType.WELCOME, "the handshake")
+    verify_digest(server_digest(secret, nonce), welcome.meta["digest"], "parameter server")
+    return welcome

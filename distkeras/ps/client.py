@@ -1,0 +1,215 @@
+"""Client: one worker's connection to the parameter server (pull, commit, report, leave).
+
+The handshake and framing are `distkeras.ps.protocol`'s; what the server does with a commit
+is `distkeras.ps.center`'s. Nothing here knows about Spark or about models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from distkeras.errors import DistKerasError, ProtocolError
+from distkeras.ps import protocol
+from distkeras.ps.protocol import Address, Limits, Message, MsgType, PeerClosed, Stream
+
+logger = logging.getLogger(__name__)
+
+
+class Client:
+    """One worker's connection to a `ParameterServer` (thread-safe, one request at a time).
+
+    Args:
+        address: (host, port) of the server.
+        secret: The server's HMAC key.
+        worker_id: This worker's id (0..num_workers-1 in round mode).
+        timeout: Seconds allowed for every socket operation after connecting.
+        connect_timeout: Seconds spent retrying the connection, with exponential backoff.
+
+    Raises:
+        AuthenticationError: If either side fails the HMAC handshake.
+        ConnectionError: If the server cannot be reached within `connect_timeout`.
+        DistKerasError: If the server refuses this worker (e.g. a duplicate worker id).
+    """
+
+    def __init__(
+        self,
+        address: Address,
+        secret: bytes,
+        worker_id: int = 0,
+        timeout: float = 30.0,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(secret, bytes) or not secret:
+            raise TypeError(f"Expected `secret` to be non-empty bytes. Received: {type(secret)}")
+        if type(worker_id) is not int or not 0 <= worker_id <= protocol.MAX_WORKER_ID:
+            raise ValueError(
+                f"Expected `worker_id` to be a non-negative int. Received: worker_id={worker_id!r}"
+            )
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not value > 0:
+                raise ValueError(f"Expected `{name}` to be positive. Received: {name}={value!r}")
+        self.address = (address[0], int(address[1]))
+        self.worker_id = worker_id
+        self.clock = 0
+        self.epoch = 0  # epochs the driver had completed at the last pull
+        self.stop_requested = False
+        self.round_mode = False
+        self.published: dict[str, Any] = {}  # the server's published fields, as last received
+        self._secret = secret
+        self._timeout = float(timeout)
+        self._lock = threading.Lock()
+        self._limits = protocol.CLIENT_HANDSHAKE_LIMITS
+        self._commit_timeout = self._timeout
+        self._stream: Stream | None = self._connect(float(connect_timeout))
+
+    def _connect(self, connect_timeout: float) -> Stream:
+        deadline = time.monotonic() + connect_timeout
+        delay = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                sock = socket.create_connection(
+                    self.address, timeout=max(min(self._timeout, remaining), 0.01)
+                )
+                break
+            except OSError as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConnectionError(
+                        f"could not reach the parameter server at {self.address[0]}:"
+                        f"{self.address[1]} within {connect_timeout:g}s: {exc}"
+                    ) from exc
+                logger.debug(
+                    "connect to %s failed (%s); retrying in %.2fs", self.address, exc, delay
+                )
+                time.sleep(min(delay, remaining))
+                delay = min(2 * delay, 2.0)
+        try:
+            protocol.configure(sock)
+            sock.settimeout(self._timeout)
+            stream = Stream(sock)
+            self._welcome(protocol.answer_handshake(stream, self._secret, self.worker_id))
+        except BaseException:
+            sock.close()
+            raise
+        return stream
+
+    def _welcome(self, welcome: Message) -> None:
+        self.clock = welcome.meta["clock"]
+        self.round_mode = welcome.meta["round_mode"]
+        round_timeout = welcome.meta.get("round_timeout", 0.0)
+        if type(round_timeout) not in (int, float) or not 0 <= round_timeout < 1e9:
+            raise ProtocolError(f"WELCOME has an invalid round_timeout {round_timeout!r}")
+        # A round-mode commit waits server-side for the slowest worker, up to round_timeout.
+        self._commit_timeout = self._timeout + (round_timeout if self.round_mode else 0.0)
+        layout = [(s["dtype"], tuple(s["shape"])) for s in welcome.meta["center"]]
+        self._limits = Limits.for_specs(layout)
+
+    def _request(
+        self,
+        msg_type: MsgType,
+        reply_type: MsgType,
+        meta: dict | None = None,
+        arrays: Sequence[np.ndarray] = (),
+        timeout: float | None = None,
+    ) -> Message:
+        with self._lock:
+            stream = self._stream
+            if stream is None:
+                raise ConnectionError("Client is closed")
+            try:
+                stream.sock.settimeout(timeout or self._timeout)
+                stream.send(msg_type, meta, arrays)
+                reply = protocol.check_reply(stream.read(self._limits), reply_type, msg_type.name)
+            except PeerClosed:
+                self._abort()
+                raise ConnectionError("the parameter server closed the connection") from None
+            except DistKerasError as exc:
+                if type(exc) is not DistKerasError:  # a protocol error: the stream is unusable
+                    self._abort()
+                raise
+            except OSError:
+                self._abort()
+                raise
+            self._record_status(reply.meta)
+            return reply
+
+    def _record_status(self, meta: dict[str, Any]) -> None:
+        if meta.get("stop"):
+            self.stop_requested = True
+        self.published = {k: v for k, v in meta.items() if k not in ("clock", "stop", "arrays")}
+
+    def _abort(self) -> None:
+        if self._stream is not None:
+            self._stream.sock.close()
+            self._stream = None
+
+    def _wire(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [protocol.wire_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+
+    def pull(self) -> list[np.ndarray]:
+        """Returns a snapshot of the center; records its clock in `self.clock` and the epochs
+        the driver has completed in `self.epoch`.
+        """
+        reply = self._request(MsgType.PULL, MsgType.WEIGHTS)
+        self.clock = reply.meta["clock"]
+        epoch = reply.meta.get("epoch", 0)
+        self.epoch = epoch if type(epoch) is int and epoch >= 0 else 0
+        return reply.arrays
+
+    def commit(self, arrays: Sequence[np.ndarray]) -> None:
+        """Sends `arrays` (shaped like the center) stamped with the clock of the last pull."""
+        meta = {"worker_id": self.worker_id, "clock": self.clock}
+        wire = self._wire(arrays)
+        self._request(MsgType.COMMIT, MsgType.ACK, meta, wire, self._commit_timeout)
+
+    def commit_and_pull(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Commits `arrays` and returns the center after it, in one round trip."""
+        meta = {"worker_id": self.worker_id, "clock": self.clock}
+        wire = self._wire(arrays)
+        reply = self._request(
+            MsgType.COMMIT_PULL, MsgType.WEIGHTS, meta, wire, self._commit_timeout
+        )
+        self.clock = reply.meta["clock"]
+        return reply.arrays
+
+    def report(self, **fields: Any) -> None:
+        """Sends a JSON-able progress report; the server adds this worker's id.
+
+        Raises:
+            TypeError: If a field is not JSON-serializable.
+        """
+        try:
+            json.dumps(fields)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"Expected JSON-serializable report fields. Received: {exc}") from None
+        self._request(MsgType.REPORT, MsgType.ACK, {"fields": fields})
+
+    def leave(self) -> None:
+        """Round mode: this worker has no more data; removes it from the round set."""
+        self._request(MsgType.LEAVE, MsgType.ACK)
+
+    def close(self) -> None:
+        """Says goodbye (best effort) and closes the connection; idempotent."""
+        with self._lock:
+            if self._stream is None:
+                return
+            try:
+                self._stream.send(MsgType.GOODBYE)
+            except OSError as exc:
+                logger.debug("goodbye not delivered: %s", exc)
+            self._abort()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,489 @@
+"""ParameterServer: the listener, one thread per connection, and each connection's session.
+
+Sockets, threads, handshakes and the dispatch of requests live here; what a commit does to
+the weights lives in `distkeras.ps.center`, the bytes on the wire in `distkeras.ps.protocol`.
+No model math, nothing about Spark.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from distkeras.errors import AuthenticationError, ProtocolError
+from distkeras.ps import protocol
+from distkeras.ps.center import AsyncCenter, Center, Refused, RoundCenter, RoundRule, ServerRule
+from distkeras.ps.protocol import (
+    Address,
+    Limits,
+    Message,
+    MessageRejected,
+    MsgType,
+    PeerClosed,
+    Stream,
+)
+
+logger = logging.getLogger(__name__)
+
+Reply = tuple[MsgType, dict, Sequence[np.ndarray]]
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds an unauthenticated peer may take to finish the handshake
+LINGER_TIMEOUT = 1.0  # seconds spent draining a refused peer so that it can read our error
+LINGER_BYTES = 256 << 20
+JOIN_TIMEOUT = 5.0
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """True if `array` has no NaN or Inf (one allocation-free pass when it has none)."""
+    if array.dtype.kind != "f" or np.isfinite(array.sum()):
+        return True  # any NaN or Inf makes the sum non-finite
+    return bool(np.isfinite(array).all())  # the sum may merely have overflowed
+
+
+class _Connection:
+    """Per-connection state, touched only by its own thread (byte counters read by stats())."""
+
+    def __init__(self, sock: socket.socket, peer: Any) -> None:
+        self.stream = Stream(sock)
+        self.sock = sock
+        self.peer = peer
+        self.worker_id: int | None = None
+        self.thread: threading.Thread | None = None
+        self._payload: np.ndarray | None = None
+        self._snapshot: list[np.ndarray] | None = None
+
+    def buffer_for(self, nbytes: int) -> memoryview:
+        """A receive buffer reused across frames: commits are applied before the next read."""
+        if self._payload is None or len(self._payload) < nbytes:
+            self._payload = np.empty(nbytes, np.uint8)
+        return memoryview(self._payload)
+
+    def snapshot(self, shapes: Sequence[tuple]) -> list[np.ndarray]:
+        """This connection's reusable send buffer for WEIGHTS replies: (shape, dtype) each."""
+        if self._snapshot is None:
+            self._snapshot = [np.empty(shape, dtype) for shape, dtype in shapes]
+        return self._snapshot
+
+
+class ParameterServer:
+    """Serves the center weights to authenticated workers over TCP, from background threads.
+
+    Async mode (default): each commit is applied at once through `rule`, under the lock.
+    Round mode (`round_rule` given): commits of one round wait until every live worker of
+    ids 0..num_workers-1 has committed, then `round_rule` is applied once.
+
+    Args:
+        weights: Initial center; copied into preallocated arrays.
+        rule: `rule(center, arrays, staleness)` mutating `center` in place; default adds.
+        host: Address to bind; one the executors can reach.
+        port: Port to bind; 0 picks a free one.
+        secret: Shared HMAC key; random 32 bytes when None.
+        on_report: Called from a server thread (serialized) with each progress report dict.
+        reject_nonfinite: Refuse commits holding NaN or Inf.
+        round_rule: `round_rule(center, commits)`; enables round (synchronous) mode, in
+            which `rule` is unused.
+        num_workers: Size of the round set; required with `round_rule`.
+        round_timeout: Seconds a round may wait for missing workers before the server fails.
+
+    Raises:
+        ValueError: For invalid arguments (named in the message).
+        TypeError: For weights with a non-numeric dtype or a non-bytes secret.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[np.ndarray],
+        rule: ServerRule | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        secret: bytes | None = None,
+        on_report: Callable[[dict], None] | None = None,
+        reject_nonfinite: bool = True,
+        round_rule: RoundRule | None = None,
+        num_workers: int | None = None,
+        round_timeout: float = 600.0,
+    ) -> None:
+        if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence) or not weights:
+            raise ValueError(
+                "Expected `weights` to be a non-empty list of arrays. "
+                f"Received: weights of type {type(weights).__name__}"
+            )
+        if secret is not None and (not isinstance(secret, bytes) or not secret):
+            raise TypeError(f"Expected `secret` to be non-empty bytes. Received: secret={secret!r}")
+        if type(port) is not int or not 0 <= port <= 65535:
+            raise ValueError(f"Expected `port` to be an int in [0, 65535]. Received: port={port!r}")
+        if round_rule is not None and (type(num_workers) is not int or num_workers < 1):
+            raise ValueError(
+                "Expected `num_workers` to be a positive int when `round_rule` is given. "
+                f"Received: num_workers={num_workers!r}"
+            )
+        if not round_timeout > 0:
+            raise ValueError(
+                "Expected `round_timeout` to be positive. "
+                f"Received: round_timeout={round_timeout!r}"
+            )
+        arrays = [
+            np.array(protocol.wire_array(w, f"weights[{i}]"), copy=True)
+            for i, w in enumerate(weights)
+        ]
+        self._specs = protocol.array_specs(arrays)
+        self._shapes = [(a.shape, a.dtype) for a in arrays]
+        n = len(arrays)
+        budget = Limits.for_specs([(a.dtype.str, a.shape) for a in arrays], itemsize=8)
+        # Room for a commit with the wrong dtype or extra arrays, so it is refused by name.
+        self._limits = Limits(budget.max_metadata, budget.max_payload, 2 * n + 16)
+        self._center: Center = (
+            RoundCenter(arrays, round_rule, num_workers, float(round_timeout))
+            if round_rule is not None
+            else AsyncCenter(arrays, rule)
+        )
+        self._host = host
+        self._port = port
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._on_report = on_report
+        self._reject_nonfinite = reject_nonfinite
+        # One handler per request type: a new message is a schema entry plus a line here.
+        self._handlers: dict[MsgType, Callable[[_Connection, Message], Reply]] = {
+            MsgType.PULL: self._on_pull,
+            MsgType.COMMIT: self._on_commit,
+            MsgType.COMMIT_PULL: self._on_commit,
+            MsgType.REPORT: self._on_report_message,
+            MsgType.LEAVE: self._on_leave,
+        }
+
+        # Lifecycle: guarded by _state_lock.
+        self._state_lock = threading.Lock()
+        self._report_lock = threading.Lock()
+        self._stopping = False
+        self._listener: socket.socket | None = None
+        self._address: Address | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._connections: set[_Connection] = set()
+        self._threads: list[threading.Thread] = []
+        self._closed_received = 0
+        self._closed_sent = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> ParameterServer:
+        """Binds, listens and starts the accept thread; a no-op if already started.
+
+        Returns:
+            self.
+
+        Raises:
+            RuntimeError: If the server was stopped (a server is not restartable).
+            OSError: If the address cannot be bound.
+        """
+        with self._state_lock:
+            if self._stopping:
+                raise RuntimeError("ParameterServer was stopped; create a new one")
+            if self._listener is not None:
+                return self
+            family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+            listener = socket.create_server((self._host, self._port), family=family, backlog=128)
+            listener.setblocking(False)
+            self._listener = listener
+            self._address = listener.getsockname()[:2]
+            self._wake = socket.socketpair()
+            self._accept_thread = threading.Thread(
+                target=self._accept_loop, name=f"distkeras-ps-accept-{self.address[1]}"
+            )
+            self._accept_thread.daemon = True
+            self._accept_thread.start()
+        logger.info("parameter server listening on %s:%d", *self.address)
+        return self
+
+    def stop(self) -> None:
+        """Closes the listener and every connection, joins all threads; safe to call twice."""
+        with self._state_lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        self._center.shut_down()  # round waiters give up
+        if self._wake is not None:
+            self._wake[1].send(b"x")
+        if self._accept_thread is not None:
+            self._accept_thread.join()
+        for sock in (self._listener, *(self._wake or ())):
+            if sock is not None:
+                sock.close()
+        with self._state_lock:  # no new connection can appear: the accept thread is gone
+            connections = list(self._connections)
+            threads = list(self._threads)
+        for conn in connections:
+            _shutdown(conn.sock)
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT)
+            if thread.is_alive():
+                logger.warning(
+                    "server thread %s did not finish within %ss", thread.name, JOIN_TIMEOUT
+                )
+        logger.info("parameter server stopped after %d updates", self.num_updates)
+
+    def __enter__(self) -> ParameterServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ driver API
+
+    @property
+    def address(self) -> Address:
+        """(host, port) actually bound."""
+        if self._address is None:
+            raise RuntimeError("ParameterServer is not started; call start() first")
+        return self._address
+
+    @property
+    def secret(self) -> bytes:
+        """The shared HMAC key clients must know."""
+        return self._secret
+
+    @property
+    def num_updates(self) -> int:
+        """Commits applied (round mode: commits of completed rounds)."""
+        return self._center.num_updates
+
+    @property
+    def clock(self) -> int:
+        """+1 per applied commit (async) or per completed round (round mode)."""
+        return self._center.clock
+
+    @property
+    def failure(self) -> Exception | None:
+        """None, or the fatal server-side condition (round timeout, failing rule)."""
+        return self._center.failure
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Returns a consistent copy of the center."""
+        return self._center.get_weights()
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        """Replaces the center's values.
+
+        Raises:
+            ValueError: If the number, shapes or dtypes differ from the center's.
+        """
+        arrays = [np.asarray(w) for w in weights]
+        if len(arrays) != len(self._shapes):
+            raise ValueError(
+                f"Expected {len(self._shapes)} arrays in `weights`. Received: {len(arrays)}"
+            )
+        for i, (a, (shape, dtype)) in enumerate(zip(arrays, self._shapes)):
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(
+                    f"Expected weights[{i}] with shape {shape} and dtype {dtype}. "
+                    f"Received: shape={a.shape}, dtype={a.dtype}"
+                )
+        self._center.set_weights(arrays)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Records the epochs the driver has completed; every later reply carries it,
+        so that a worker of a retried stage resumes at that epoch instead of the first.
+        """
+        self.publish(epoch=int(epoch))
+
+    def publish(self, **fields: Any) -> None:
+        """Adds JSON-able `fields` to the metadata of every later reply to a worker
+        (`Client.published` holds the latest values on the worker side).
+        """
+        self._center.publish(**fields)
+
+    def request_stop(self) -> None:
+        """Makes every later reply to a pull or commit carry stop=True."""
+        self._center.request_stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Returns counters: updates, clock, staleness, traffic, refusals, open connections."""
+        with self._state_lock:
+            streams = [c.stream for c in self._connections]
+            received = self._closed_received + sum(s.received for s in streams)
+            sent = self._closed_sent + sum(s.sent for s in streams)
+        stats = self._center.stats()
+        return {
+            **stats,
+            "bytes_received": received,
+            "bytes_sent": sent,
+            "rejected": stats.pop("rejected"),
+            "connections": len(streams),
+        }
+
+    # ------------------------------------------------------------------ connections
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None and self._wake is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake[0], selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is self._wake[0]:
+                        return
+                    try:
+                        sock, peer = self._listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:
+                        logger.warning("accept failed: %s", exc)
+                        continue
+                    self._spawn(sock, peer)
+
+    def _spawn(self, sock: socket.socket, peer: Any) -> None:
+        protocol.configure(sock)
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        conn = _Connection(sock, peer)
+        with self._state_lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            conn.thread = threading.Thread(
+                target=self._serve, args=(conn,), name=f"distkeras-ps-conn-{peer[1]}", daemon=True
+            )
+            self._connections.add(conn)
+            self._threads.append(conn.thread)
+        conn.thread.start()
+
+    def _serve(self, conn: _Connection) -> None:
+        """Runs one connection: handshake, then request/reply until goodbye or error."""
+        try:
+            conn.worker_id = protocol.serve_handshake(
+                conn.stream, self._secret, functools.partial(self._admit, conn)
+            )
+            conn.sock.settimeout(None)  # workers may compute for long between requests
+            logger.debug("worker %d connected from %s", conn.worker_id, conn.peer)
+            self._session(conn)
+        except PeerClosed:
+            logger.debug("peer %s closed the connection", conn.peer)
+        except ProtocolError as exc:  # includes AuthenticationError
+            self._center.count_rejected()
+            logger.warning("refused peer %s: %s", conn.peer, exc)
+            self._refuse(conn, exc)
+        except OSError as exc:  # timeouts, resets, and our own shutdown in stop()
+            level = logging.DEBUG if self._stopping else logging.INFO
+            logger.log(level, "connection to %s lost: %s", conn.peer, exc)
+        finally:
+            if conn.worker_id is not None:
+                self._center.detach(conn.worker_id)
+            conn.sock.close()
+            with self._state_lock:
+                self._connections.discard(conn)
+                self._closed_received += conn.stream.received
+                self._closed_sent += conn.stream.sent
+
+    def _admit(self, conn: _Connection, worker_id: int) -> dict[str, Any]:
+        """WELCOME fields for an authenticated worker, or a refusal naming the reason."""
+        try:
+            fields = self._center.admit(worker_id)
+        except Refused as exc:
+            raise ProtocolError(str(exc)) from None
+        conn.worker_id = worker_id  # admitted: detach it when the connection ends
+        return {**fields, "center": self._specs}
+
+    def _session(self, conn: _Connection) -> None:
+        validate = functools.partial(self._validate, conn)
+        while True:
+            try:
+                msg = conn.stream.read(self._limits, validate, conn.buffer_for)
+                if msg.type is MsgType.GOODBYE:
+                    logger.debug("worker %s said goodbye", conn.worker_id)
+                    return
+                reply = self._handlers[msg.type](conn, msg)
+            except (MessageRejected, Refused) as exc:
+                self._center.count_rejected()
+                logger.warning("refused a message from worker %s: %s", conn.worker_id, exc)
+                conn.stream.send(MsgType.ERROR, {"error": str(exc)})
+                continue
+            conn.stream.send(*reply)
+
+    def _refuse(self, conn: _Connection, exc: ProtocolError) -> None:
+        """Sends an error, then drains the peer briefly so that it can read it before the close."""
+        meta = {"error": str(exc)}
+        if isinstance(exc, AuthenticationError):
+            meta["kind"] = "auth"
+        try:
+            conn.stream.send(MsgType.ERROR, meta)
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.settimeout(LINGER_TIMEOUT)
+            scratch = memoryview(bytearray(1 << 16))
+            drained = 0
+            while drained < LINGER_BYTES and not self._stopping:
+                n = conn.sock.recv_into(scratch)
+                if not n:
+                    break
+                drained += n
+        except OSError as err:
+            logger.debug("could not deliver the error to %s: %s", conn.peer, err)
+
+    # ------------------------------------------------------------------ messages
+
+    def _validate(self, conn: _Connection, msg_type: MsgType, meta: dict) -> None:
+        """Checks a frame's metadata before its payload is read (a refusal drains the payload)."""
+        if msg_type not in self._handlers and msg_type is not MsgType.GOODBYE:
+            raise ProtocolError(f"{msg_type.name} is not a request a client may send")
+        if msg_type not in (MsgType.COMMIT, MsgType.COMMIT_PULL):
+            return
+        if meta["worker_id"] != conn.worker_id:
+            raise ProtocolError(
+                f"commit names worker {meta['worker_id']} on the connection of "
+                f"worker {conn.worker_id}"
+            )
+        specs = meta["arrays"]
+        if len(specs) != len(self._specs):
+            raise ProtocolError(
+                f"commit has {len(specs)} arrays, expected {len(self._specs)} like the center"
+            )
+        for i, (got, want) in enumerate(zip(specs, self._specs)):
+            for key in ("shape", "dtype"):
+                if got[key] != want[key]:
+                    raise ProtocolError(
+                        f"commit array {i} has {key} {got[key]}, expected {want[key]}"
+                    )
+
+    def _on_pull(self, conn: _Connection, msg: Message) -> Reply:
+        snapshot = conn.snapshot(self._shapes)
+        return MsgType.WEIGHTS, self._center.pull(snapshot), snapshot
+
+    def _on_commit(self, conn: _Connection, msg: Message) -> Reply:
+        if self._reject_nonfinite:
+            for i, array in enumerate(msg.arrays):
+                if not _all_finite(array):
+                    raise Refused(
+                        f"commit array {i} contains NaN or Inf; the center was left untouched"
+                    )
+        pull = msg.type is MsgType.COMMIT_PULL
+        snapshot = conn.snapshot(self._shapes) if pull else None
+        meta = self._center.commit(conn.worker_id, msg.meta["clock"], msg.arrays, snapshot)
+        if pull:
+            return MsgType.WEIGHTS, meta, snapshot
+        return MsgType.ACK, meta, ()
+
+    def _on_report_message(self, conn: _Connection, msg: Message) -> Reply:
+        if self._on_report is not None:
+            report = dict(msg.meta["fields"], worker_id=conn.worker_id)
+            with self._report_lock:
+                try:
+                    self._on_report(report)
+                except Exception as exc:  # the driver's callback failed: tell the worker
+                    logger.exception("on_report failed")
+                    raise Refused(f"on_report failed on the driver: {exc!r}") from exc
+        return MsgType.ACK, self._center.status(), ()
+
+    def _on_leave(self, conn: _Connection, msg: Message) -> Reply:
+        self._center.depart(conn.worker_id)
+        return MsgType.ACK, self._center.status(), ()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError as exc:  # already closed by its thread
+        logger.debug("shutdown: %s", exc)
