@@ -104,6 +104,7 @@ def _take(data, index):
 def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     from distkeras.data import arrow_to_numpy, model_arrays
     from distkeras.local_steps import WindowRunner
+    from distkeras.model_cache import model_and_runner
     from distkeras.parameter_server import Client
 
     started = time.monotonic()
@@ -111,8 +112,9 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     x, y = model_arrays(columns, plan.feature_cols, plan.label_cols, plan.input_shapes)
     rows = len(columns[plan.feature_cols[0]])
     _configure_threads(plan.threads)
-    model = plan.model.build(plan.custom_objects)
-    runner = WindowRunner(model, plan.batch_size)
+    model, runner = model_and_runner(
+        plan.model, plan.custom_objects, plan.batch_size, lambda m: WindowRunner(m, plan.batch_size)
+    )
     algorithm = plan.algorithm
     window_rows = (algorithm.window or 1 << 40) * plan.batch_size
     rng = np.random.default_rng(None if plan.seed is None else plan.seed + worker_id)
