@@ -24,6 +24,9 @@ setup(
         # Spark's columnar (Arrow) transfer of DataFrame partitions needs these two.
         "pyarrow>=11",
         "pandas>=2.0,<3",  # PySpark warns that pandas 3 is not yet supported
+        # Poly1305 frame tags and the TLS certificate of the parameter server: OpenSSL's
+        # primitives, not home-made ones.
+        "cryptography>=41",
     ],
     extras_require={"test": TEST, "examples": EXAMPLES, "docs": DOCS},
     entry_points={"console_scripts": ["distkeras=distkeras.cli:main"]},

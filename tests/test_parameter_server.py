@@ -1,5 +1,6 @@
 """Tests of distkeras.ps over real loopback sockets: service, faults, rounds."""
 
+import contextlib
 import os
 import socket
 import threading
@@ -48,30 +49,28 @@ def ps():
 
 
 def connect(ps, authenticate=True, worker_id=0):
-    """A raw socket to `ps`, optionally past the handshake (done by hand with the protocol)."""
-    sock = socket.create_connection(ps.address, timeout=5)
-    challenge = read(sock)
-    assert challenge.type is MsgType.CHALLENGE
+    """A raw Stream to `ps`, optionally past the handshake (the protocol's client half)."""
+    stream = protocol.Stream(socket.create_connection(ps.address, timeout=5))
     if authenticate:
-        response = {
-            "digest": protocol.client_digest(ps.secret, challenge.meta["nonce"]),
-            "nonce": protocol.new_nonce(),
-            "worker_id": worker_id,
-        }
-        protocol.send(sock, MsgType.RESPONSE, response)
-        assert read(sock).type is MsgType.WELCOME
-    return sock
+        protocol.answer_handshake(stream, ps.secret, worker_id)
+    else:
+        assert read(stream).type is MsgType.CHALLENGE
+    return stream
 
 
-def read(sock):
-    limits = protocol.Limits(1 << 20, 1 << 20, 16)
-    return protocol.read_frame(sock.recv_into, limits)[0]
+def read(stream):
+    return stream.read(protocol.Limits(1 << 20, 1 << 20, 16))
 
 
-def expect_error(sock, keyword):
-    reply = read(sock)
+def expect_error(stream, keyword):
+    reply = read(stream)
     assert reply.type is MsgType.ERROR, reply
     assert keyword in reply.meta["error"]
+
+
+def frame_bytes(stream, msg_type, meta=None, arrays=()):
+    """The bytes `stream` would send next (tagged when it is authenticated)."""
+    return b"".join(bytes(b) for b in stream.frame(msg_type, meta, arrays))
 
 
 def commit_frame(arrays, worker_id=0, clock=0):
@@ -176,10 +175,10 @@ def test_staleness_is_server_clock_minus_pull_clock():
 
 
 def test_commit_clock_from_the_future_is_refused(ps):
-    sock = connect(ps)
-    with sock:
-        sock.sendall(commit_frame(delta(1), clock=99))
-        expect_error(sock, "ahead of the server clock")
+    stream = connect(ps)
+    with stream.sock:
+        stream.send(MsgType.COMMIT, {"worker_id": 0, "clock": 99}, delta(1))
+        expect_error(stream, "ahead of the server clock")
     still_serving(ps, 0, 0)
 
 
@@ -246,10 +245,10 @@ def test_failing_rule_sets_failure():
 
 @pytest.mark.parametrize("authenticated", [False, True])
 def test_random_bytes(ps, authenticated):
-    sock = connect(ps, authenticate=authenticated)
-    with sock:
-        sock.sendall(b"\x00junk" + os.urandom(200))
-        expect_error(sock, "magic")
+    stream = connect(ps, authenticate=authenticated)
+    with stream.sock:
+        stream.sock.sendall(b"\x00junk" + os.urandom(200))
+        expect_error(stream, "magic")
     still_serving(ps, 0, 0)
     assert ps.stats()["rejected"] == 1
 
@@ -264,11 +263,11 @@ def test_random_bytes(ps, authenticated):
     ],
 )
 def test_bad_headers_are_refused_before_allocating(ps, frame, keyword):
-    sock = connect(ps)
-    with sock:
-        sock.sendall(frame)
-        expect_error(sock, keyword)
-        assert sock.recv(1) == b""  # then the server closes the connection
+    stream = connect(ps)
+    with stream.sock:
+        stream.sock.sendall(frame)
+        expect_error(stream, keyword)
+        assert stream.sock.recv(1) == b""  # then the server closes the connection
     still_serving(ps, 0, 0)
 
 
@@ -276,9 +275,10 @@ def test_bad_headers_are_refused_before_allocating(ps, frame, keyword):
 def test_client_disconnecting_mid_commit(ps, cut):
     with Client(ps.address, ps.secret) as client:
         client.commit(delta(2))
-    sock = connect(ps)
-    sock.sendall(commit_frame(delta(1))[:cut])
-    sock.close()
+    stream = connect(ps)
+    meta = {"worker_id": 0, "clock": 0}
+    stream.sock.sendall(frame_bytes(stream, MsgType.COMMIT, meta, delta(1))[:cut])
+    stream.sock.close()
     deadline = time.monotonic() + 5
     while ps.stats()["rejected"] < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -301,10 +301,10 @@ def test_failed_handshake_wrong_secret(ps):
     ],
 )
 def test_skipped_handshake(ps, frame, keyword):
-    sock = connect(ps, authenticate=False)
-    with sock:
-        sock.sendall(frame)
-        expect_error(sock, keyword)
+    stream = connect(ps, authenticate=False)
+    with stream.sock:
+        stream.sock.sendall(frame)
+        expect_error(stream, keyword)
     still_serving(ps, 0, 0)
 
 
@@ -315,11 +315,13 @@ def test_client_authenticates_the_server_too():
     def impostor():
         sock, _ = listener.accept()
         with sock:
-            protocol.send(sock, MsgType.CHALLENGE, {"nonce": protocol.new_nonce()})
-            read(sock)
+            stream = protocol.Stream(sock)
+            stream.send(MsgType.CHALLENGE, {"nonce": protocol.new_nonce()})
+            read(stream)
             welcome = {"digest": "00" * 32, "clock": 0, "center": [], "round_mode": False}
-            protocol.send(sock, MsgType.WELCOME, welcome)
-            sock.recv(1)
+            stream.send(MsgType.WELCOME, welcome)
+            with contextlib.suppress(OSError):  # the client closes (or resets) the connection
+                sock.recv(1)
 
     thread = threading.Thread(target=impostor)
     thread.start()
@@ -376,12 +378,12 @@ def test_nonfinite_commit_accepted_when_allowed():
 
 
 def test_unexpected_message_type_is_refused(ps):
-    sock = connect(ps)
-    with sock:
-        protocol.send(sock, MsgType.WEIGHTS, {"clock": 0, "stop": False}, delta(1))
-        expect_error(sock, "not a request")
-        protocol.send(sock, MsgType.PULL)  # still in sync
-        assert read(sock).type is MsgType.WEIGHTS
+    stream = connect(ps)
+    with stream.sock:
+        stream.send(MsgType.WEIGHTS, {"clock": 0, "stop": False}, delta(1))
+        expect_error(stream, "not a request")
+        stream.send(MsgType.PULL)  # still in sync
+        assert read(stream).type is MsgType.WEIGHTS
 
 
 # ----------------------------------------------------------------------------- lifecycle

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from distkeras.errors import AuthenticationError, ProtocolError
 from distkeras.ps import protocol
-from distkeras.ps.protocol import HEADER, MAGIC, VERSION, Limits, MsgType
+from distkeras.ps.protocol import HEADER, MAGIC, TAG_SIZE, VERSION, Limits, MsgType
 
 ARRAYS = [
     np.arange(12, dtype=np.float32).reshape(3, 4),
@@ -233,9 +233,85 @@ def test_peer_closing_between_frames_is_peer_closed():
 
 def test_digests_are_role_bound_and_compared():
     secret = b"k" * 32
-    nonce = protocol.new_nonce()
-    assert protocol.client_digest(secret, nonce) != protocol.server_digest(secret, nonce)
-    expected = protocol.client_digest(secret, nonce)
-    protocol.verify_digest(expected, protocol.client_digest(secret, nonce), "client")
+    ns, nc = protocol.new_nonce(), protocol.new_nonce()
+    expected = protocol.client_digest(secret, ns, nc, 0)
+    assert expected != protocol.server_digest(secret, nc, ns)
+    assert expected != protocol.client_digest(secret, ns, nc, 1)  # the worker id is bound
+    protocol.verify_digest(expected, protocol.client_digest(secret, ns, nc, 0), "client")
     with pytest.raises(AuthenticationError, match="client"):
-        protocol.verify_digest(expected, protocol.client_digest(b"x" * 32, nonce), "client")
+        protocol.verify_digest(expected, protocol.client_digest(b"x" * 32, ns, nc, 0), "client")
+
+
+def session_pair():
+    """Two Streams over a socketpair, authenticated with the keys of one session."""
+    a, b = socket.socketpair()
+    ns, nc = protocol.new_nonce(), protocol.new_nonce()
+    to_server, to_client = protocol.session_macs(b"k" * 32, ns, nc, 0)
+    client, server = protocol.Stream(a), protocol.Stream(b)
+    client.authenticate(send_mac=to_server, recv_mac=to_client)
+    to_server, to_client = protocol.session_macs(b"k" * 32, ns, nc, 0)
+    server.authenticate(send_mac=to_client, recv_mac=to_server)
+    return client, server
+
+
+def test_tagged_frames_round_trip_in_order():
+    client, server = session_pair()
+    with client.sock, server.sock:
+        for clock in range(3):
+            client.send(MsgType.COMMIT, {"worker_id": 1, "clock": clock}, ARRAYS)
+        for clock in range(3):
+            message = server.read(LIMITS)
+            assert message.meta["clock"] == clock
+            np.testing.assert_array_equal(message.arrays[1], ARRAYS[1])
+        server.send(MsgType.ACK, {"clock": 3, "stop": False})
+        assert client.read(LIMITS).type is MsgType.ACK
+
+
+@pytest.mark.parametrize("where", ["header", "metadata", "payload", "tag"])
+def test_any_flipped_byte_fails_the_tag(where):
+    client, server = session_pair()
+    with client.sock, server.sock:
+        client.send(MsgType.COMMIT, {"worker_id": 1, "clock": 0}, ARRAYS)
+        data = bytearray(server.sock.recv(1 << 20))
+        offset = {"header": 12, "metadata": HEADER.size + 3, "payload": -TAG_SIZE - 5, "tag": -1}
+        data[offset[where]] ^= 0x01
+        relay, reader = socket.socketpair()
+        with relay, reader:
+            relay.sendall(data)
+            relay.shutdown(socket.SHUT_WR)
+            with pytest.raises(ProtocolError):  # the tag, or the header check before it
+                protocol.read_frame(reader.recv_into, LIMITS, mac=server._recv_mac)
+
+
+def test_reordered_replayed_and_untagged_frames_fail():
+    a, b = socket.socketpair()
+    ns, nc = protocol.new_nonce(), protocol.new_nonce()
+    sender = protocol.Stream(a)
+    sender.authenticate(*protocol.session_macs(b"k" * 32, ns, nc, 0))
+    with a, b:
+        for clock in range(2):
+            sender.send(MsgType.COMMIT, {"worker_id": 1, "clock": clock}, ARRAYS)
+        a.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := b.recv(1 << 16):
+            data += chunk
+    size = len(data) // 2
+    first, second = data[:size], data[size:]
+
+    def read_all(stream_bytes):
+        to_server, _ = protocol.session_macs(b"k" * 32, ns, nc, 0)
+        stream = io.BytesIO(stream_bytes)
+        return [
+            protocol.read_frame(stream.readinto, LIMITS, mac=to_server)[0].meta["clock"]
+            for _ in range(2)
+        ]
+
+    assert read_all(first + second) == [0, 1]
+    for tampered in (second + first, first + first):  # reordered; replayed
+        with pytest.raises(AuthenticationError, match="failed authentication"):
+            read_all(tampered)
+    with pytest.raises(AuthenticationError, match="untagged COMMIT"):
+        to_server, _ = protocol.session_macs(b"k" * 32, ns, nc, 0)
+        protocol.read_frame(io.BytesIO(frame()).readinto, LIMITS, mac=to_server)
+    with pytest.raises(ProtocolError, match="flags"):  # a tagged frame outside a session
+        protocol.parse_frame(first, LIMITS)

@@ -1,9 +1,10 @@
 """Wire protocol between workers and the parameter server (byte-level spec: docs/protocol.md).
 
-Framing: binary header + JSON metadata + raw array bytes. Messages: types and their metadata
-schema (`SCHEMA`), validated on decode. Stream: one socket's framed, byte-counted I/O.
-Handshake: both halves of the mutual HMAC-SHA256 challenge, side by side. No model, no rule,
-no threads here.
+Framing: binary header + JSON metadata + raw array bytes (+ a Poly1305 tag once the session
+is authenticated). Messages: types and their metadata schema (`SCHEMA`), validated on decode.
+FrameMac / Stream: one direction's per-frame tags; one socket's framed, counted I/O.
+Handshake: both halves of the mutual HMAC-SHA256 challenge, side by side, which also derive
+the session's keys. No model, no rule, no threads here.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from distkeras.errors import AuthenticationError, DistKerasError, ProtocolError
 
 MAGIC = b"DKPS"
-VERSION = 1
+VERSION = 2
+FLAG_TAGGED = 0x1  # the frame is followed by a Poly1305 tag (every frame after the handshake)
+TAG_SIZE = 16
 HEADER = struct.Struct("!4sBBHIQ")  # magic, version, type, flags, metadata length, payload length
 HEADER_SIZE = HEADER.size  # 20 bytes
 ALIGNMENT = 8  # every array starts at a multiple of 8 bytes inside the payload
@@ -45,6 +50,7 @@ Address = tuple[str, int]
 
 _CLIENT_LABEL = b"distkeras-client|"
 _SERVER_LABEL = b"distkeras-server|"
+_SESSION_LABEL = b"distkeras-session|"
 _PADDING = bytes(ALIGNMENT)
 _IOV_MAX = 512  # well below the usual IOV_MAX of 1024
 _DRAIN_CHUNK = 1 << 20
@@ -186,7 +192,10 @@ def array_specs(arrays: Sequence[np.ndarray]) -> list[dict[str, Any]]:
 
 
 def encode(
-    msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence[np.ndarray] = ()
+    msg_type: MsgType,
+    meta: dict[str, Any] | None = None,
+    arrays: Sequence[np.ndarray] = (),
+    flags: int = 0,
 ) -> list[Any]:
     """Encodes one frame as a list of buffers to send in order (arrays are not copied).
 
@@ -194,6 +203,7 @@ def encode(
         msg_type: The message type.
         meta: Metadata; "arrays" is filled in from `arrays` when they are given.
         arrays: Arrays already passed through `wire_array`.
+        flags: Header flags (`FLAG_TAGGED` when a tag will follow).
 
     Returns:
         [header + metadata bytes, then each array's bytes and padding] for `send_buffers`.
@@ -212,7 +222,7 @@ def encode(
         if pad:
             buffers.append(_PADDING[:pad])
         payload += flat.nbytes + pad
-    buffers[0] = HEADER.pack(MAGIC, VERSION, int(msg_type), 0, len(raw), payload) + raw
+    buffers[0] = HEADER.pack(MAGIC, VERSION, int(msg_type), flags, len(raw), payload) + raw
     return buffers
 
 
@@ -268,11 +278,11 @@ def recv_exact(recv_into: RecvInto, view: memoryview, what: str, at_boundary: bo
         got += n
 
 
-def unpack_header(raw: bytes, limits: Limits) -> tuple[MsgType, int, int]:
+def unpack_header(raw: bytes, limits: Limits) -> tuple[MsgType, int, int, int]:
     """Decodes and checks a frame header.
 
     Returns:
-        (message type, metadata length, payload length).
+        (message type, flags, metadata length, payload length).
 
     Raises:
         ProtocolError: Wrong magic, version, type or flags, or a length over `limits`.
@@ -285,7 +295,7 @@ def unpack_header(raw: bytes, limits: Limits) -> tuple[MsgType, int, int]:
     msg_type = _MSG_TYPES.get(type_code)
     if msg_type is None:
         raise ProtocolError(f"unknown message type {type_code}")
-    if flags:
+    if flags & ~FLAG_TAGGED:
         raise ProtocolError(f"reserved header flags must be 0, got {flags:#x}")
     if meta_len > limits.max_metadata:
         raise ProtocolError(
@@ -295,7 +305,7 @@ def unpack_header(raw: bytes, limits: Limits) -> tuple[MsgType, int, int]:
         raise ProtocolError(
             f"payload length {payload_len} exceeds the limit of {limits.max_payload} bytes"
         )
-    return msg_type, meta_len, payload_len
+    return msg_type, flags, meta_len, payload_len
 
 
 def _check_int(value: Any, key: str, low: int, high: int) -> None:
@@ -391,11 +401,39 @@ Validator = Callable[[MsgType, dict], None]
 BufferFor = Callable[[int], memoryview]
 
 
+class FrameMac:
+    """Tags the frames of one direction of a session, in order.
+
+    Each frame gets a Poly1305 tag under a one-time key derived from this direction's key and
+    the frame's sequence number (HMAC-SHA256 as the PRF, as RFC 8439 derives Poly1305 keys
+    from a cipher), so that a frame cannot be altered, injected, replayed, reordered or
+    reflected without the tag failing.
+
+    Args:
+        key: This direction's 32-byte session key.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self.sequence = 0
+
+    def next(self) -> Poly1305:
+        """The authenticator of the next frame."""
+        one_time = hmac.new(self._key, self.sequence.to_bytes(8, "big"), hashlib.sha256).digest()
+        self.sequence += 1
+        return Poly1305(one_time)
+
+    def __repr__(self) -> str:
+        return f"FrameMac(sequence={self.sequence})"
+
+
 def read_frame(
     recv_into: RecvInto,
     limits: Limits,
     validate: Validator | None = None,
     buffer_for: BufferFor | None = None,
+    mac: FrameMac | None = None,
+    untagged_error: bool = False,
 ) -> tuple[Message, int]:
     """Reads one frame: header, metadata, then the payload into a preallocated buffer.
 
@@ -406,37 +444,88 @@ def read_frame(
             it raises makes this function discard the payload and raise `MessageRejected`.
         buffer_for: Returns a writable buffer of at least n bytes for the payload;
             by default a fresh uninitialized array.
+        mac: In an authenticated session, the receiving direction's `FrameMac`: the frame
+            must be tagged, and its tag is verified before the frame is returned or refused.
+        untagged_error: With `mac`, also accept an untagged ERROR (a refused handshake).
 
     Returns:
         (message, number of bytes read).
 
     Raises:
         PeerClosed: EOF between frames.
-        MessageRejected: `validate` refused the frame; the stream is still in sync.
+        MessageRejected: `validate` refused the (authentic) frame; the stream is in sync.
+        AuthenticationError: A missing or wrong tag.
         ProtocolError: Anything malformed; the stream can no longer be trusted.
     """
     header = bytearray(HEADER_SIZE)
     recv_exact(recv_into, memoryview(header), "header bytes", at_boundary=True)
-    msg_type, meta_len, payload_len = unpack_header(bytes(header), limits)
+    msg_type, flags, meta_len, payload_len = unpack_header(bytes(header), limits)
+    tagger = _tagger(msg_type, flags, mac, untagged_error)
+    recv = recv_into
+    if tagger is not None:
+        tagger.update(header)
+        recv = _teed(recv_into, tagger)
     raw = bytearray(meta_len)
-    recv_exact(recv_into, memoryview(raw), "metadata bytes")
+    recv_exact(recv, memoryview(raw), "metadata bytes")
     meta = decode_metadata(msg_type, bytes(raw), payload_len, limits)
-    nbytes = HEADER_SIZE + meta_len + payload_len
+    nbytes = HEADER_SIZE + meta_len + payload_len + (TAG_SIZE if tagger else 0)
     if validate is not None:
         try:
             validate(msg_type, meta)
         except MessageRejected:
             raise
         except ProtocolError as exc:
-            _discard(recv_into, payload_len)
+            _discard(recv, payload_len)
+            _verify_tag(recv_into, tagger, msg_type)
             raise MessageRejected(str(exc)) from None
     if not payload_len:
+        _verify_tag(recv_into, tagger, msg_type)
         return Message(msg_type, meta), nbytes
     # np.empty, unlike bytearray(n), does not zero-fill: recv_into writes each byte once.
     buf = buffer_for(payload_len) if buffer_for else memoryview(np.empty(payload_len, np.uint8))
     view = memoryview(buf)[:payload_len]
-    recv_exact(recv_into, view, "payload bytes")
+    recv_exact(recv, view, "payload bytes")
+    _verify_tag(recv_into, tagger, msg_type)
     return Message(msg_type, meta, decode_arrays(meta["arrays"], view)), nbytes
+
+
+def _tagger(
+    msg_type: MsgType, flags: int, mac: FrameMac | None, untagged_error: bool
+) -> Poly1305 | None:
+    """The authenticator for a frame with header `flags`, or None for an untagged frame."""
+    tagged = bool(flags & FLAG_TAGGED)
+    if mac is None:
+        if tagged:
+            raise ProtocolError("header flags 0x1 (tagged) outside an authenticated session")
+        return None
+    if not tagged:
+        if untagged_error and msg_type is MsgType.ERROR:
+            return None
+        raise AuthenticationError(f"untagged {msg_type.name} frame in an authenticated session")
+    return mac.next()
+
+
+def _teed(recv_into: RecvInto, tagger: Poly1305) -> RecvInto:
+    def recv(view: memoryview) -> int:
+        n = recv_into(view)
+        tagger.update(view[:n])
+        return n
+
+    return recv
+
+
+def _verify_tag(recv_into: RecvInto, tagger: Poly1305 | None, msg_type: MsgType) -> None:
+    if tagger is None:
+        return
+    tag = bytearray(TAG_SIZE)
+    recv_exact(recv_into, memoryview(tag), "tag bytes")
+    try:
+        tagger.verify(bytes(tag))
+    except InvalidSignature:
+        raise AuthenticationError(
+            f"{msg_type.name} frame failed authentication: altered, injected, replayed or "
+            "out of order"
+        ) from None
 
 
 def _discard(recv_into: RecvInto, nbytes: int) -> None:
@@ -484,6 +573,12 @@ class Stream:
         self.sock = sock
         self.received = 0
         self.sent = 0
+        self._send_mac: FrameMac | None = None
+        self._recv_mac: FrameMac | None = None
+
+    def authenticate(self, send_mac: FrameMac, recv_mac: FrameMac) -> None:
+        """From now on every frame is tagged, and every frame received must be."""
+        self._send_mac, self._recv_mac = send_mac, recv_mac
 
     def recv_into(self, view: memoryview) -> int:
         """`socket.recv_into`, counted."""
@@ -494,17 +589,32 @@ class Stream:
     def send(
         self, msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence = ()
     ) -> None:
-        """Encodes and sends one frame."""
-        self.sent += send_buffers(self.sock, encode(msg_type, meta, arrays))
+        """Encodes and sends one frame (tagged in an authenticated session)."""
+        self.sent += send_buffers(self.sock, self.frame(msg_type, meta, arrays))
+
+    def frame(
+        self, msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence = ()
+    ) -> list[Any]:
+        """The buffers of the next frame, with its tag in an authenticated session."""
+        if self._send_mac is None:
+            return encode(msg_type, meta, arrays)
+        buffers = encode(msg_type, meta, arrays, FLAG_TAGGED)
+        tagger = self._send_mac.next()
+        for buffer in buffers:
+            tagger.update(buffer)
+        buffers.append(tagger.finalize())
+        return buffers
 
     def read(
         self,
         limits: Limits,
         validate: Validator | None = None,
         buffer_for: BufferFor | None = None,
+        untagged_error: bool = False,
     ) -> Message:
-        """Reads one frame (see `read_frame`)."""
-        return read_frame(self.recv_into, limits, validate, buffer_for)[0]
+        """Reads one frame (see `read_frame`), verifying its tag in an authenticated session."""
+        mac = self._recv_mac
+        return read_frame(self.recv_into, limits, validate, buffer_for, mac, untagged_error)[0]
 
 
 def check_reply(msg: Message, expected: MsgType, during: str) -> Message:
@@ -533,14 +643,32 @@ def new_nonce() -> str:
     return os.urandom(NONCE_SIZE).hex()
 
 
-def client_digest(secret: bytes, nonce: str) -> str:
-    """The client's answer to the server's challenge `nonce`."""
-    return hmac.new(secret, _CLIENT_LABEL + bytes.fromhex(nonce), hashlib.sha256).hexdigest()
+def client_digest(secret: bytes, server_nonce: str, client_nonce: str, worker_id: int) -> str:
+    """The client's answer to the server's challenge, binding its own nonce and worker id."""
+    message = _CLIENT_LABEL + bytes.fromhex(server_nonce) + bytes.fromhex(client_nonce)
+    message += worker_id.to_bytes(4, "big")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def server_digest(secret: bytes, nonce: str) -> str:
-    """The server's answer to the client's challenge `nonce` (a distinct label: no reflection)."""
-    return hmac.new(secret, _SERVER_LABEL + bytes.fromhex(nonce), hashlib.sha256).hexdigest()
+def server_digest(secret: bytes, client_nonce: str, server_nonce: str) -> str:
+    """The server's answer to the client's challenge (a distinct label: no reflection)."""
+    message = _SERVER_LABEL + bytes.fromhex(client_nonce) + bytes.fromhex(server_nonce)
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def session_macs(
+    secret: bytes, server_nonce: str, client_nonce: str, worker_id: int
+) -> tuple[FrameMac, FrameMac]:
+    """The session's (client-to-server, server-to-client) frame authenticators.
+
+    Both keys derive from the secret and both nonces, so that no frame of one connection is
+    valid on another, and a direction's frames are not valid in the other direction.
+    """
+    message = _SESSION_LABEL + bytes.fromhex(server_nonce) + bytes.fromhex(client_nonce)
+    base = hmac.new(secret, message + worker_id.to_bytes(4, "big"), hashlib.sha256).digest()
+    to_server = hmac.new(base, b"client->server", hashlib.sha256).digest()
+    to_client = hmac.new(base, b"server->client", hashlib.sha256).digest()
+    return FrameMac(to_server), FrameMac(to_client)
 
 
 def verify_digest(expected: str, received: str, who: str) -> None:
@@ -577,10 +705,13 @@ def serve_handshake(stream: Stream, secret: bytes, admit: Admit) -> int:
     msg = stream.read(HANDSHAKE_LIMITS)
     if msg.type is not MsgType.RESPONSE:
         raise ProtocolError(f"expected RESPONSE during the handshake, got {msg.type.name}")
-    verify_digest(client_digest(secret, nonce), msg.meta["digest"], "client")
-    worker_id = msg.meta["worker_id"]
+    worker_id, client_nonce = msg.meta["worker_id"], msg.meta["nonce"]
+    expected = client_digest(secret, nonce, client_nonce, worker_id)
+    verify_digest(expected, msg.meta["digest"], "client")
+    to_server, to_client = session_macs(secret, nonce, client_nonce, worker_id)
+    stream.authenticate(send_mac=to_client, recv_mac=to_server)
     welcome = admit(worker_id)
-    stream.send(MsgType.WELCOME, {**welcome, "digest": server_digest(secret, msg.meta["nonce"])})
+    stream.send(MsgType.WELCOME, {**welcome, "digest": server_digest(secret, client_nonce, nonce)})
     return worker_id
 
 
@@ -598,13 +729,20 @@ def answer_handshake(stream: Stream, secret: bytes, worker_id: int) -> Message:
     challenge = check_reply(
         stream.read(CLIENT_HANDSHAKE_LIMITS), MsgType.CHALLENGE, "the handshake"
     )
-    nonce = new_nonce()
+    server_nonce, nonce = challenge.meta["nonce"], new_nonce()
     response = {
-        "digest": client_digest(secret, challenge.meta["nonce"]),
+        "digest": client_digest(secret, server_nonce, nonce, worker_id),
         "nonce": nonce,
         "worker_id": worker_id,
     }
     stream.send(MsgType.RESPONSE, response)
-    welcome = check_reply(stream.read(CLIENT_HANDSHAKE_LIMITS), MsgType.WELCOME, "the handshake")
-    verify_digest(server_digest(secret, nonce), welcome.meta["digest"], "parameter server")
+    to_server, to_client = session_macs(secret, server_nonce, nonce, worker_id)
+    stream.authenticate(send_mac=to_server, recv_mac=to_client)
+    try:
+        reply = stream.read(CLIENT_HANDSHAKE_LIMITS, untagged_error=True)
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"parameter server failed the handshake: {exc}") from None
+    welcome = check_reply(reply, MsgType.WELCOME, "the handshake")
+    expected = server_digest(secret, nonce, server_nonce)
+    verify_digest(expected, welcome.meta["digest"], "parameter server")
     return welcome

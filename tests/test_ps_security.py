@@ -1,0 +1,212 @@
+"""The parameter server against an on-path attacker without the secret (loopback only).
+
+A Relay forwards one client's connection to the server and may flip, inject or repeat
+bytes on the way; the center must not change by anything the relay did.
+"""
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from distkeras.errors import DistKerasError
+from distkeras.parameter_server import Client, ParameterServer
+from distkeras.ps import protocol
+from distkeras.ps.protocol import HEADER_SIZE, TAG_SIZE, MsgType
+
+SHAPES = [(4, 3), (5,)]
+DEADLINE = 10.0  # seconds any relay or test loop may run
+
+
+def zeros():
+    return [np.zeros(s, np.float32) for s in SHAPES]
+
+
+def ones():
+    return [np.ones(s, np.float32) for s in SHAPES]
+
+
+def response_size() -> int:
+    """Bytes of the client's RESPONSE frame (fixed: hex digests and nonce, worker id 0)."""
+    meta = {"digest": "00" * 32, "nonce": "00" * 32, "worker_id": 0}
+    return HEADER_SIZE + len(json.dumps(meta, separators=(",", ":")))
+
+
+def commit_size(arrays, clock=0) -> tuple[int, int]:
+    """(bytes before the payload, total bytes) of a tagged COMMIT frame of `arrays`."""
+    buffers = protocol.encode(MsgType.COMMIT, {"worker_id": 0, "clock": clock}, arrays)
+    total = sum(memoryview(b).nbytes for b in buffers) + TAG_SIZE
+    return len(buffers[0]), total
+
+
+class Relay:
+    """Forwards one connection to `target`, passing client-to-server bytes through `tamper`.
+
+    Args:
+        target: The server's address.
+        tamper: `tamper(chunk, offset)` returns the bytes to forward for the client's bytes
+            `chunk` starting at stream offset `offset`.
+    """
+
+    def __init__(self, target, tamper=lambda chunk, offset: chunk):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.target = target
+        self.tamper = tamper
+        self.recorded = bytearray()  # everything the client sent
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.listener.settimeout(DEADLINE)
+        client, _ = self.listener.accept()
+        server = socket.create_connection(self.target, timeout=DEADLINE)
+        pumps = [
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True),
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True),
+        ]
+        for pump in pumps:
+            pump.start()
+        for pump in pumps:
+            pump.join(DEADLINE)
+        client.close()
+        server.close()
+
+    def _pump(self, source, sink, upstream):
+        source.settimeout(DEADLINE)
+        offset = 0
+        try:
+            while chunk := source.recv(1 << 16):
+                if upstream:
+                    self.recorded += chunk
+                    data = self.tamper(chunk, offset)
+                    offset += len(chunk)
+                else:
+                    data = chunk
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.thread.join(DEADLINE)
+        self.listener.close()
+        assert not self.thread.is_alive()
+
+
+def at(position, edit):
+    """A tamper function applying `edit(chunk, index)` to the chunk holding `position`."""
+
+    def tamper(chunk, offset):
+        if offset <= position < offset + len(chunk):
+            return edit(chunk, position - offset)
+        return chunk
+
+    return tamper
+
+
+def attack(tamper):
+    """An honest client commits ones through a relay; returns (server, client's error)."""
+    ps = ParameterServer(zeros()).start()
+    relay = Relay(ps.address, tamper)
+    error = None
+    try:
+        with Client(relay.address, ps.secret, timeout=5, connect_timeout=5) as client:
+            client.commit(ones())
+            client.pull()
+    except (DistKerasError, OSError) as exc:
+        error = exc
+    finally:
+        relay.close()
+        ps.stop()
+    return ps, error
+
+
+def assert_untouched(ps):
+    assert ps.num_updates == 0
+    for center in ps.get_weights():
+        np.testing.assert_array_equal(center, 0)
+
+
+def test_relay_passing_bytes_unchanged_is_harmless():
+    ps, error = attack(lambda chunk, offset: chunk)
+    assert error is None
+    assert ps.num_updates == 1
+
+
+@pytest.mark.parametrize("where", ["header", "metadata", "payload", "tag"])
+def test_byte_flipping_relay_changes_nothing(where):
+    before_payload, total = commit_size(ones())
+    offset = {"header": 12, "metadata": HEADER_SIZE + 2, "payload": before_payload + 4}
+    position = response_size() + offset.get(where, total - 1)
+
+    def flip(chunk, index):
+        return chunk[:index] + bytes([chunk[index] ^ 0x01]) + chunk[index + 1 :]
+
+    ps, error = attack(at(position, flip))
+    assert error is not None  # the honest client learns its connection was tampered with
+    assert_untouched(ps)
+    assert ps.stats()["rejected"] == 1
+
+
+@pytest.mark.parametrize("tagged", [False, True])
+def test_injecting_relay_changes_nothing(tagged):
+    """After the honest handshake, the relay slips in its own COMMIT of huge values."""
+    forged = protocol.encode(
+        MsgType.COMMIT,
+        {"worker_id": 0, "clock": 0},
+        [np.full(s, 1e6, np.float32) for s in SHAPES],
+        protocol.FLAG_TAGGED if tagged else 0,
+    )
+    injected = b"".join(bytes(b) for b in forged) + (b"\x00" * TAG_SIZE if tagged else b"")
+    ps, error = attack(at(response_size(), lambda chunk, i: chunk[:i] + injected + chunk[i:]))
+    assert error is not None
+    assert_untouched(ps)
+
+
+def test_relay_repeating_a_commit_applies_it_once():
+    _, total = commit_size(ones())
+    start = response_size()
+
+    def repeat(chunk, offset):
+        if offset <= start and start + total <= offset + len(chunk):
+            i = start - offset
+            return chunk[: i + total] + chunk[i : i + total] + chunk[i + total :]
+        return chunk
+
+    ps, error = attack(repeat)
+    assert error is not None
+    assert ps.num_updates == 1  # the original, never its replay
+    for center in ps.get_weights():
+        np.testing.assert_array_equal(center, 1)
+
+
+def test_recorded_session_replayed_verbatim_changes_nothing():
+    ps = ParameterServer(zeros()).start()
+    try:
+        relay = Relay(ps.address)
+        with Client(relay.address, ps.secret, timeout=5) as client:
+            client.commit(ones())
+        relay.close()
+        assert ps.num_updates == 1
+        with socket.create_connection(ps.address, timeout=5) as sock:
+            stream = protocol.Stream(sock)
+            assert stream.read(protocol.CLIENT_HANDSHAKE_LIMITS).type is MsgType.CHALLENGE
+            sock.sendall(bytes(relay.recorded))
+            reply = stream.read(protocol.CLIENT_HANDSHAKE_LIMITS)
+            assert reply.type is MsgType.ERROR and "wrong secret" in reply.meta["error"]
+        deadline = time.monotonic() + DEADLINE
+        while ps.stats()["rejected"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ps.num_updates == 1
+        for center in ps.get_weights():
+            np.testing.assert_array_equal(center, 1)
+    finally:
+        ps.stop()
