@@ -6,8 +6,11 @@ bytes on the way; the center must not change by anything the relay did.
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +213,102 @@ def test_recorded_session_replayed_verbatim_changes_nothing():
             np.testing.assert_array_equal(center, 1)
     finally:
         ps.stop()
+
+
+# ----------------------------------------------------------------------------- deadlines, caps
+
+
+def server_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("distkeras-ps-conn")]
+
+
+def honest_round_trip(ps) -> float:
+    started = time.monotonic()
+    with Client(ps.address, ps.secret, worker_id=1, timeout=5, connect_timeout=5) as client:
+        client.pull()
+    return time.monotonic() - started
+
+
+def test_trickling_and_idle_peers_cannot_hold_the_server():
+    """200 peers sending a byte every 0.5 s and 200 silent ones: each is dropped by the
+    handshake deadline (or for a newer one past the cap), and an honest client is served
+    within a second throughout."""
+    handshake = 2.0
+    ps = ParameterServer(zeros(), handshake_timeout=handshake).start()
+    peers = []
+    try:
+        for _ in range(400):
+            peers.append(socket.create_connection(ps.address, timeout=5))
+        last_connect = time.monotonic()
+        tricklers = peers[::2]
+        waits, peak = [], 0
+        while time.monotonic() < last_connect + handshake + 1.0:  # bounded by time
+            for sock in tricklers:
+                try:
+                    sock.send(b"D")
+                except OSError:
+                    pass  # dropped by the server: the point
+            waits.append(honest_round_trip(ps))
+            peak = max(peak, len(server_threads()))
+            time.sleep(0.5)
+        assert max(waits) < 1.0, waits
+        assert peak <= 64 + 2  # the cap on handshakes in progress (plus the honest client)
+        deadline = time.monotonic() + 5.0
+        while server_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server_threads()
+        assert ps.stats()["unauthenticated"] == 0
+        assert honest_round_trip(ps) < 1.0
+    finally:
+        for sock in peers:
+            sock.close()
+        ps.stop()
+
+
+def test_refused_peer_trickling_is_dropped_within_a_second():
+    with ParameterServer(zeros()) as ps, socket.create_connection(ps.address, timeout=5) as sock:
+        sock.sendall(b"\x00junk" + bytes(100))
+        refused = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - refused < 5.0:
+            try:
+                sock.send(b"x")
+                closed = sock.recv(1 << 16, socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+            time.sleep(0.1)
+        assert closed and time.monotonic() - refused < 1.5
+
+
+def test_failed_thread_start_refuses_one_connection_only(monkeypatch):
+    start = threading.Thread.start
+    failures = []
+
+    def start_or_fail(thread):
+        if thread.name.startswith("distkeras-ps-conn") and not failures:
+            failures.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_or_fail)
+    ps = ParameterServer(zeros()).start()
+    try:
+        with pytest.raises(OSError):  # the first connection is closed at once
+            Client(ps.address, ps.secret, timeout=2, connect_timeout=2)
+        assert failures
+        assert honest_round_trip(ps) < 1.0  # the accept loop lives on
+    finally:
+        ps.stop()  # never raises for the thread that never started
+    assert not server_threads()
+
+
+def test_out_of_descriptors_backs_off_quietly_and_recovers():
+    job = Path(__file__).parent / "jobs" / "out_of_descriptors.py"
+    done = subprocess.run([sys.executable, str(job)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 1 <= result["log_lines"] <= 3, result  # it happened, and was logged once or so
+    assert result["cpu_seconds"] < 0.5, result  # no spinning on a readable listener
+    assert result["recovered_in"] < 3.0, result

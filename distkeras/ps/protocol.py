@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -573,6 +574,7 @@ class Stream:
         self.sock = sock
         self.received = 0
         self.sent = 0
+        self.deadline: float | None = None  # time.monotonic() by which every read must end
         self._send_mac: FrameMac | None = None
         self._recv_mac: FrameMac | None = None
 
@@ -581,7 +583,16 @@ class Stream:
         self._send_mac, self._recv_mac = send_mac, recv_mac
 
     def recv_into(self, view: memoryview) -> int:
-        """`socket.recv_into`, counted."""
+        """`socket.recv_into`, counted, and bounded by `deadline` when it is set.
+
+        Raises:
+            TimeoutError: The deadline passed.
+        """
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("deadline passed")
+            self.sock.settimeout(remaining)
         n = self.sock.recv_into(view)
         self.received += n
         return n

@@ -7,12 +7,14 @@ No model math, nothing about Spark.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,10 +37,34 @@ logger = logging.getLogger(__name__)
 
 Reply = tuple[MsgType, dict, Sequence[np.ndarray]]
 
-HANDSHAKE_TIMEOUT = 10.0  # seconds an unauthenticated peer may take to finish the handshake
+HANDSHAKE_TIMEOUT = 10.0  # seconds from accept an unauthenticated peer has to authenticate
 LINGER_TIMEOUT = 1.0  # seconds spent draining a refused peer so that it can read our error
 LINGER_BYTES = 256 << 20
 JOIN_TIMEOUT = 5.0
+MAX_UNAUTHENTICATED = 64  # handshakes in progress; the oldest is dropped for a new one
+MAX_CONNECTIONS = 512
+BACKOFF = (0.05, 1.0)  # accept back-off when out of descriptors: first and longest wait
+LOG_INTERVAL = 5.0  # seconds between two log lines of one kind of accept trouble
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _RateLimitedLog:
+    """Logs a warning at most once per `interval` seconds, counting the ones held back."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self._interval = interval
+        self._last = -float("inf")
+        self._held = 0
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._held += 1
+            return
+        if self._held:
+            msg += f" ({self._held} similar messages held back)"
+        logger.warning(msg, *args)
+        self._last, self._held = now, 0
 
 
 def _all_finite(array: np.ndarray) -> bool:
@@ -57,6 +83,9 @@ class _Connection:
         self.peer = peer
         self.worker_id: int | None = None
         self.thread: threading.Thread | None = None
+        self.accepted = time.monotonic()
+        self.authenticated = False
+        self.evicted = False
         self._payload: np.ndarray | None = None
         self._snapshot: list[np.ndarray] | None = None
 
@@ -92,6 +121,11 @@ class ParameterServer:
             which `rule` is unused.
         num_workers: Size of the round set; required with `round_rule`.
         round_timeout: Seconds a round may wait for missing workers before the server fails.
+        handshake_timeout: Seconds from accept within which a peer must authenticate.
+        max_unauthenticated: Handshakes in progress at once; a new connection beyond it
+            drops the oldest one.
+        max_connections: Connections at once; beyond it (and with no handshake to drop) a
+            new connection is closed at once.
 
     Raises:
         ValueError: For invalid arguments (named in the message).
@@ -110,6 +144,9 @@ class ParameterServer:
         round_rule: RoundRule | None = None,
         num_workers: int | None = None,
         round_timeout: float = 600.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence) or not weights:
             raise ValueError(
@@ -125,11 +162,20 @@ class ParameterServer:
                 "Expected `num_workers` to be a positive int when `round_rule` is given. "
                 f"Received: num_workers={num_workers!r}"
             )
-        if not round_timeout > 0:
-            raise ValueError(
-                "Expected `round_timeout` to be positive. "
-                f"Received: round_timeout={round_timeout!r}"
-            )
+        for name, value in (
+            ("round_timeout", round_timeout),
+            ("handshake_timeout", handshake_timeout),
+        ):
+            if not value > 0:
+                raise ValueError(f"Expected `{name}` to be positive. Received: {name}={value!r}")
+        for name, value in (
+            ("max_unauthenticated", max_unauthenticated),
+            ("max_connections", max_connections),
+        ):
+            if type(value) is not int or value < 1:
+                raise ValueError(
+                    f"Expected `{name}` to be a positive int. Received: {name}={value!r}"
+                )
         arrays = [
             np.array(protocol.wire_array(w, f"weights[{i}]"), copy=True)
             for i, w in enumerate(weights)
@@ -150,6 +196,11 @@ class ParameterServer:
         self._secret = secret if secret is not None else os.urandom(32)
         self._on_report = on_report
         self._reject_nonfinite = reject_nonfinite
+        self._handshake_timeout = float(handshake_timeout)
+        self._max_unauthenticated = max_unauthenticated
+        self._max_connections = max_connections
+        self._accept_log = _RateLimitedLog()
+        self._refusal_log = _RateLimitedLog()
         # One handler per request type: a new message is a schema entry plus a line here.
         self._handlers: dict[MsgType, Callable[[_Connection, Message], Reply]] = {
             MsgType.PULL: self._on_pull,
@@ -195,8 +246,14 @@ class ParameterServer:
             self._listener = listener
             self._address = listener.getsockname()[:2]
             self._wake = socket.socketpair()
+            # Made here, not in the thread: the loop must never need a new descriptor.
+            selector = selectors.DefaultSelector()
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._wake[0], selectors.EVENT_READ)
             self._accept_thread = threading.Thread(
-                target=self._accept_loop, name=f"distkeras-ps-accept-{self.address[1]}"
+                target=self._accept_loop,
+                args=(selector,),
+                name=f"distkeras-ps-accept-{self.address[1]}",
             )
             self._accept_thread.daemon = True
             self._accept_thread.start()
@@ -211,7 +268,10 @@ class ParameterServer:
             self._stopping = True
         self._center.shut_down()  # round waiters give up
         if self._wake is not None:
-            self._wake[1].send(b"x")
+            try:
+                self._wake[1].send(b"x")
+            except OSError as exc:  # the accept loop still sees _stopping at its next wake-up
+                logger.debug("could not wake the accept loop: %s", exc)
         if self._accept_thread is not None:
             self._accept_thread.join()
         for sock in (self._listener, *(self._wake or ())):
@@ -219,7 +279,7 @@ class ParameterServer:
                 sock.close()
         with self._state_lock:  # no new connection can appear: the accept thread is gone
             connections = list(self._connections)
-            threads = list(self._threads)
+            threads = [t for t in self._threads if t.ident is not None]  # started ones
         for conn in connections:
             _shutdown(conn.sock)
         for thread in threads:
@@ -308,6 +368,7 @@ class ParameterServer:
         """Returns counters: updates, clock, staleness, traffic, refusals, open connections."""
         with self._state_lock:
             streams = [c.stream for c in self._connections]
+            pending = sum(not c.authenticated for c in self._connections)
             received = self._closed_received + sum(s.received for s in streams)
             sent = self._closed_sent + sum(s.sent for s in streams)
         stats = self._center.stats()
@@ -317,47 +378,89 @@ class ParameterServer:
             "bytes_sent": sent,
             "rejected": stats.pop("rejected"),
             "connections": len(streams),
+            "unauthenticated": pending,
         }
 
     # ------------------------------------------------------------------ connections
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, selector: selectors.BaseSelector) -> None:
         assert self._listener is not None and self._wake is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wake[0], selectors.EVENT_READ)
+        backoff = BACKOFF[0]
+        paused = False  # out of descriptors: the listener stays readable, so stop watching it
+        with selector:
             while True:
-                for key, _ in selector.select():
-                    if key.fileobj is self._wake[0]:
-                        return
-                    try:
-                        sock, peer = self._listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError as exc:
-                        logger.warning("accept failed: %s", exc)
-                        continue
-                    self._spawn(sock, peer)
+                events = selector.select(backoff if paused else None)
+                if any(key.fileobj is self._wake[0] for key, _ in events):
+                    return
+                if paused:  # the back-off has passed: try again
+                    selector.register(self._listener, selectors.EVENT_READ)
+                    paused = False
+                    continue
+                try:
+                    sock, peer = self._listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    if exc.errno in _OUT_OF_DESCRIPTORS:
+                        self._accept_log.warning("accept failed: %s; backing off", exc)
+                        selector.unregister(self._listener)
+                        paused = True
+                        backoff = min(2 * backoff, BACKOFF[1])
+                    else:
+                        self._accept_log.warning("accept failed: %s", exc)
+                    continue
+                backoff = BACKOFF[0]
+                self._spawn(sock, peer)
 
     def _spawn(self, sock: socket.socket, peer: Any) -> None:
-        protocol.configure(sock)
-        sock.settimeout(HANDSHAKE_TIMEOUT)
+        """Starts a thread for a new connection, within the caps; refuses it otherwise."""
         conn = _Connection(sock, peer)
         with self._state_lock:
             self._threads = [t for t in self._threads if t.is_alive()]
+            live = [c for c in self._connections if not c.evicted]
+            pending = [c for c in live if not c.authenticated]
+            if len(live) >= self._max_connections and not pending:
+                self._refusal_log.warning(
+                    "refused a connection from %s: %d connections open", peer, len(live)
+                )
+                sock.close()
+                return
+            if pending and (
+                len(pending) >= self._max_unauthenticated or len(live) >= self._max_connections
+            ):
+                oldest = min(pending, key=lambda c: c.accepted)
+                oldest.evicted = True
+                _shutdown(oldest.sock)  # its thread ends and cleans up
+                self._refusal_log.warning(
+                    "dropped the oldest unauthenticated connection (%s) for a new one",
+                    oldest.peer,
+                )
             conn.thread = threading.Thread(
                 target=self._serve, args=(conn,), name=f"distkeras-ps-conn-{peer[1]}", daemon=True
             )
             self._connections.add(conn)
             self._threads.append(conn.thread)
-        conn.thread.start()
+        try:
+            protocol.configure(sock)
+            sock.settimeout(self._handshake_timeout)
+            conn.thread.start()
+        except (RuntimeError, OSError) as exc:  # e.g. "can't start new thread"
+            self._refusal_log.warning("refused a connection from %s: %s", peer, exc)
+            with self._state_lock:
+                self._connections.discard(conn)
+                self._threads.remove(conn.thread)
+            sock.close()
 
     def _serve(self, conn: _Connection) -> None:
         """Runs one connection: handshake, then request/reply until goodbye or error."""
         try:
+            conn.stream.deadline = conn.accepted + self._handshake_timeout
             conn.worker_id = protocol.serve_handshake(
                 conn.stream, self._secret, functools.partial(self._admit, conn)
             )
+            with self._state_lock:
+                conn.authenticated = True
+            conn.stream.deadline = None
             conn.sock.settimeout(None)  # workers may compute for long between requests
             logger.debug("worker %d connected from %s", conn.worker_id, conn.peer)
             self._session(conn)
@@ -410,13 +513,14 @@ class ParameterServer:
         if isinstance(exc, AuthenticationError):
             meta["kind"] = "auth"
         try:
+            conn.sock.settimeout(LINGER_TIMEOUT)
             conn.stream.send(MsgType.ERROR, meta)
             conn.sock.shutdown(socket.SHUT_WR)
-            conn.sock.settimeout(LINGER_TIMEOUT)
+            conn.stream.deadline = time.monotonic() + LINGER_TIMEOUT  # trickling changes nothing
             scratch = memoryview(bytearray(1 << 16))
             drained = 0
-            while drained < LINGER_BYTES and not self._stopping:
-                n = conn.sock.recv_into(scratch)
+            while drained < LINGER_BYTES and not self._stopping and not conn.evicted:
+                n = conn.stream.recv_into(scratch)
                 if not n:
                     break
                 drained += n
