@@ -6,7 +6,10 @@ EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7"]
 # The docs site (mkdocs build --strict) and the notebooks, executed headless by the tests.
 DOCS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"]
 NOTEBOOKS = ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"]
-TEST = ["pytest>=8", "hypothesis>=6", "ruff>=0.6", *EXAMPLES, *DOCS, *NOTEBOOKS]
+# Spark Connect clients (gRPC, protobuf): `SparkSession.builder.remote(...)`; the tests run on
+# a Connect session too.
+CONNECT = ["pyspark[connect]>=4.0"]
+TEST = ["pytest>=8", "hypothesis>=6", "ruff>=0.6", *EXAMPLES, *DOCS, *NOTEBOOKS, *CONNECT]
 
 setup(
     name="distkeras",
@@ -28,6 +31,6 @@ setup(
         # primitives, not home-made ones.
         "cryptography>=41",
     ],
-    extras_require={"test": TEST, "examples": EXAMPLES, "docs": DOCS},
+    extras_require={"test": TEST, "examples": EXAMPLES, "docs": DOCS, "connect": CONNECT},
     entry_points={"console_scripts": ["distkeras=distkeras.cli:main"]},
 )

@@ -21,6 +21,7 @@ import numpy as np
 
 from distkeras import data, validation
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
+from distkeras.spark import task_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -320,10 +321,6 @@ def _is_binary_crossentropy(loss) -> bool:
     return name.lower() in _BINARY_LOSSES
 
 
-def _task_cpus(spark) -> int:
-    return int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
-
-
 def feature_widths(df, columns: Sequence[str]) -> dict[str, int] | None:
     """Widths of numeric columns: from ML attributes where VectorAssembler left them, else
     from one row. None when the DataFrame is empty (there is no row to check).
@@ -421,7 +418,7 @@ def add_predictions(
         model,
         feature_cols,
         batch_size,
-        threads=_task_cpus(df.sparkSession),
+        threads=task_cpus(df.sparkSession),
         custom_objects=custom_objects,
     )
 
@@ -478,7 +475,7 @@ def evaluate_frame(
         feature_cols,
         batch_size,
         compiled=True,
-        threads=_task_cpus(df.sparkSession),
+        threads=task_cpus(df.sparkSession),
         custom_objects=custom_objects,
     )
     labels = list(label_cols)

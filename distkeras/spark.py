@@ -1,16 +1,20 @@
-"""Spark session and cluster helpers.
+"""Spark session and cluster facts, for classic and Spark Connect sessions alike.
 
 get_spark_session: the active session, or an embedded local one whose executors run this
-interpreter. check_java: fail early when Java 17+ is missing. task_slots: how many tasks
-the cluster can run at once (a barrier stage needs one slot per worker).
+interpreter. check_java: fail early when Java 17+ is missing. The facts other modules need
+(is it Connect, its settings, task slots, cpus per task, retries, the address executors
+reach this process at) are read here only, through `spark.conf`: no SparkContext, so they
+hold on Spark Connect too. serve_connect: a Connect endpoint on a local classic session.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -102,18 +106,54 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
     return session
 
 
-def task_slots(spark) -> int:
-    """Returns how many tasks `spark` can run at once: its cores divided by `spark.task.cpus`."""
-    sc = spark.sparkContext
-    cpus_per_task = int(sc.getConf().get("spark.task.cpus", "1"))
-    local = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", sc.master)
+def is_connect(spark) -> bool:
+    """True if `spark` is a Spark Connect session (it has no SparkContext nor JVM here)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def setting(spark, key: str, default: str | None = None) -> str | None:
+    """The value of Spark setting `key` (runtime or static), or `default` when unset."""
+    return spark.conf.get(key, default)
+
+
+def master(spark) -> str:
+    """The session's master URL (`spark.master`), e.g. "local[2]" or "spark://host:7077"."""
+    return setting(spark, "spark.master", "") or ""
+
+
+def task_cpus(spark) -> int:
+    """Cores each task takes (`spark.task.cpus`): the workers' TensorFlow threads."""
+    return int(setting(spark, "spark.task.cpus", "1"))
+
+
+def is_local(spark) -> bool:
+    """True when the executors run on this machine: a `local` or `local-cluster` master."""
+    return master(spark).startswith("local")
+
+
+def task_slots(spark) -> int | None:
+    """How many tasks `spark` can run at once: its cores divided by `spark.task.cpus`.
+
+    Returns None when the session does not tell (a remote Connect session without
+    `spark.executor.instances` / `spark.executor.cores`): Spark's own barrier check decides.
+    """
+    url = master(spark)
+    local = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", url)
+    cluster = re.fullmatch(r"local-cluster\[(\d+),(\d+),\d+\]", url)
     if local:
         cores = local.group(1)
         total = 1 if cores is None else (os.cpu_count() or 1) if cores == "*" else int(cores)
+    elif cluster:
+        total = int(cluster.group(1)) * int(cluster.group(2))
+    elif not is_connect(spark):
+        total = spark.sparkContext.defaultParallelism
     else:
-        cluster = re.fullmatch(r"local-cluster\[(\d+),(\d+),\d+\]", sc.master)
-        total = int(cluster.group(1)) * int(cluster.group(2)) if cluster else sc.defaultParallelism
-    return total // cpus_per_task
+        instances = setting(spark, "spark.executor.instances")
+        cores = setting(spark, "spark.executor.cores")
+        if not (instances and cores):
+            return None
+        total = int(instances) * int(cores)
+    return total // task_cpus(spark)
 
 
 def partition_keys(spark, num_partitions: int) -> list[int]:
@@ -129,8 +169,54 @@ def partition_keys(spark, num_partitions: int) -> list[int]:
 def task_max_failures(spark) -> int:
     """How many times Spark tries a task: M in `local[N,M]` (1 in other local masters), else
     `spark.task.maxFailures` (default 4)."""
-    sc = spark.sparkContext
-    local = re.fullmatch(r"local(?:\[(?:\*|\d+)(?:,(\d+))?\])?", sc.master)
+    local = re.fullmatch(r"local(?:\[(?:\*|\d+)(?:,(\d+))?\])?", master(spark))
     if local:
         return int(local.group(1) or 1)
-    return int(sc.getConf().get("spark.task.maxFailures", "4"))
+    return int(setting(spark, "spark.task.maxFailures", "4"))
+
+
+def client_host(spark) -> str:
+    """The address executors would reach this process at.
+
+    The loopback when the executors run on this machine; on a classic cluster,
+    `spark.driver.host`; on a remote Connect session, this machine's address on the route
+    to the Connect server (whether executors can reach it is for `placement` to probe).
+    """
+    if is_local(spark):
+        return "127.0.0.1"
+    if not is_connect(spark):
+        return setting(spark, "spark.driver.host", "127.0.0.1")
+    return route_address(spark.client.host)
+
+
+def route_address(remote_host: str) -> str:
+    """This machine's address on the route to `remote_host` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((remote_host.strip("[]"), 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+
+
+@contextlib.contextmanager
+def serve_connect(spark, host: str = "127.0.0.1"):
+    """Serves a classic session's JVM over Spark Connect; yields the `sc://` URL.
+
+    For tests and benchmarks that compare Connect with classic in one process: both share
+    the same executors. The endpoint stops when the block ends. A deployment starts
+    `sbin/start-connect-server.sh` instead.
+    """
+    with socket.socket() as free:
+        free.bind((host, 0))
+        port = free.getsockname()[1]
+    context = spark.sparkContext._jsc.sc()
+    context.conf().set("spark.connect.grpc.binding.address", host)
+    context.conf().set("spark.connect.grpc.binding.port", str(port))
+    service = spark.sparkContext._jvm.org.apache.spark.sql.connect.service.SparkConnectService
+    service.start(context)
+    try:
+        yield f"sc://{host}:{port}"
+    finally:
+        defaults = [getattr(service, f"stop$default${i}")() for i in (1, 2)]  # Scala defaults
+        service.stop(*defaults)

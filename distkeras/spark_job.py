@@ -1,7 +1,8 @@
 """A Spark action run in a background thread, so the driver can follow and cancel it.
 
-SparkJob runs one action (e.g. `collect`) under its own job group; `cancel` stops its
-tasks; errors raised by tasks come back from `result` as WorkerError naming the worker.
+SparkJob runs one action (e.g. `collect`) under its own job group (a job tag on Spark
+Connect); `cancel` stops its tasks; errors raised by tasks come back from `result` as
+WorkerError naming the worker, and Spark's barrier-slot refusal as our RuntimeError.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import threading
 import uuid
 
 from distkeras.errors import WorkerError
+from distkeras.spark import is_connect
 
 _WORKER_FAILURE = re.compile(r"WorkerError: (worker \d+ failed: [^\n]*)")
+_TOO_FEW_SLOTS = "requires more slots than the total number of slots"
 
 
 class SparkJob(threading.Thread):
@@ -34,16 +37,25 @@ class SparkJob(threading.Thread):
         self._error: BaseException | None = None
 
     def run(self) -> None:
-        sc = self.spark.sparkContext
-        sc.setJobGroup(self.group, self.description, interruptOnCancel=True)
+        if is_connect(self.spark):
+            self.spark.addTag(self.group)  # tags belong to this thread
+        else:
+            sc = self.spark.sparkContext
+            sc.setJobGroup(self.group, self.description, interruptOnCancel=True)
         try:
             self._result = self.action()
         except BaseException as error:  # handed to the driver thread by result()
             self._error = error
+        finally:
+            if is_connect(self.spark):
+                self.spark.removeTag(self.group)
 
     def cancel(self) -> None:
         """Cancels the job's running tasks (safe to call when it already ended)."""
-        self.spark.sparkContext.cancelJobGroup(self.group)
+        if is_connect(self.spark):
+            self.spark.interruptTag(self.group)
+        else:
+            self.spark.sparkContext.cancelJobGroup(self.group)
 
     def result(self, timeout: float | None = None):
         """Waits for the job and returns its result.
@@ -59,5 +71,10 @@ class SparkJob(threading.Thread):
             match = _WORKER_FAILURE.search(str(self._error))
             if match:
                 raise WorkerError(match.group(1)) from self._error
+            if _TOO_FEW_SLOTS in str(self._error):
+                raise RuntimeError(
+                    "The cluster cannot run all workers at once (Spark refused the barrier "
+                    "stage: too few task slots). Lower `num_workers` or add executors."
+                ) from self._error
             raise self._error
         return self._result

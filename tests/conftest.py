@@ -1,4 +1,5 @@
-"""Shared fixtures: one local[2] Spark session for the whole run, MNIST arrays, small models."""
+"""Shared fixtures: one local[2] Spark session for the whole run (also served over Spark
+Connect, for the tests that take `session`), MNIST arrays, small models."""
 
 from __future__ import annotations
 
@@ -19,6 +20,40 @@ def spark():
     session = get_spark_session("local[2]", app_name="distkeras-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def connect_url(spark):
+    """A Spark Connect endpoint on the tests' local[2] session: the same JVM and executors."""
+    from distkeras.spark import serve_connect
+
+    with serve_connect(spark) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def connect_spark(connect_url):
+    """A Spark Connect session on `connect_url`."""
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    session = ConnectSession.builder.remote(connect_url).create()
+    yield session
+    session.stop()
+
+
+@pytest.fixture(params=["classic", "connect"])
+def session(request, monkeypatch):
+    """The classic session, then the same cluster through Spark Connect.
+
+    PySpark builds Connect columns and sessions (`F.col`, `SparkSession.active()`) only while
+    SPARK_CONNECT_MODE_ENABLED is set, as `builder.remote()` sets it for good in a Connect
+    client; here it is set for the Connect test alone, so that classic tests stay classic.
+    """
+    if request.param == "classic":
+        return request.getfixturevalue("spark")
+    connect = request.getfixturevalue("connect_spark")
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
+    return connect
 
 
 @pytest.fixture(scope="session")

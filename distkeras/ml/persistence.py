@@ -21,6 +21,8 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
+from distkeras.spark import is_connect
+
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
@@ -89,9 +91,9 @@ class KerasStagePersistence(MLReadable, MLWritable):
 
 def _resolve(path: str, spark):
     """Returns (local path, None) for a local file system, else (None, (fs, Hadoop path))."""
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is None:  # Spark Connect: no Hadoop client here; the path must be local.
+    if is_connect(spark):  # no Hadoop client on this side: the path must be local
         return path.removeprefix("file://").removeprefix("file:"), None
+    jvm = spark._jvm
     hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
     fs = hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration())
     qualified = fs.makeQualified(hadoop_path)

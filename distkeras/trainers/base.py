@@ -20,7 +20,7 @@ from distkeras.algorithms.base import Algorithm
 from distkeras.checkpoint import Checkpointer, load_checkpoint
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
 from distkeras.monitor import TrainingMonitor
-from distkeras.spark import task_max_failures
+from distkeras.spark import client_host, task_cpus, task_max_failures, task_slots
 from distkeras.spark_job import SparkJob
 from distkeras.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
 
@@ -280,24 +280,17 @@ class Trainer:
         )
 
     def _check_slots(self, spark) -> int:
-        from distkeras.spark import task_slots
-
         slots = task_slots(spark)
-        if slots < self.num_workers:
+        if slots is not None and slots < self.num_workers:
             raise RuntimeError(
                 f"num_workers={self.num_workers}, but the cluster runs only {slots} tasks at "
                 "once, and all workers must run together. Lower `num_workers`, or give Spark "
                 f"more cores (e.g. master 'local[{self.num_workers}]' or more executors)."
             )
-        return int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
+        return task_cpus(spark)
 
     def _server_host(self, spark) -> str:
-        if self.ps_host:
-            return self.ps_host
-        sc = spark.sparkContext
-        if sc.master.startswith("local"):
-            return "127.0.0.1"
-        return sc.getConf().get("spark.driver.host", "127.0.0.1")
+        return self.ps_host or client_host(spark)
 
     def _driver_model(self):
         if self.loss is not None or self.metrics is not None or not self.model.compiled:

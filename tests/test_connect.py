@@ -1,0 +1,153 @@
+"""Tests of distkeras on a Spark Connect session: inference, Spark ML and training give what
+the classic session gives on the same executors (see the `connect_spark` fixture)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+
+from distkeras import inference
+from distkeras.data import numpy_to_frame
+from distkeras.ml import KerasEstimator, KerasModel
+from distkeras.predictors import ModelPredictor, evaluate
+from distkeras.spark import is_connect, task_cpus, task_max_failures, task_slots
+
+
+@pytest.fixture
+def connect(connect_spark, monkeypatch):
+    """The Connect session, with PySpark in Connect mode for this test only (see `session`)."""
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
+    return connect_spark
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    """300 rows of 12 features and a label of three classes."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(300, 12)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5).astype(np.int64)
+    return x, y
+
+
+def classifier():
+    model = keras.Sequential(
+        [keras.Input((12,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
+    )
+    model.compile(
+        "adam",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def ordered(df, *columns):
+    """`columns` of `df` as numpy arrays, rows ordered by `id`."""
+    rows = df.orderBy("id").select(*columns).collect()
+    return [
+        np.array([r[c].toArray() if hasattr(r[c], "toArray") else r[c] for r in rows])
+        for c in columns
+    ]
+
+
+def frame(session, x, y):
+    return numpy_to_frame(session, {"id": np.arange(len(x)), "features": x, "label": y})
+
+
+def vector_frame(session, x, y):
+    """`frame` with the features also as an ML vector `vec`, a VectorAssembler input."""
+    from pyspark.ml.functions import array_to_vector
+
+    df = frame(session, x, y)
+    return df.withColumn("vec", array_to_vector("features"))
+
+
+def test_session_facts_come_from_spark_conf(spark, connect):
+    assert not is_connect(spark) and is_connect(connect)
+    for fact in (task_slots, task_cpus, task_max_failures):
+        assert fact(connect) == fact(spark)
+    assert task_slots(connect) == 2
+
+
+def test_transform_predictor_and_evaluate_match_classic(spark, connect_spark, arrays, monkeypatch):
+    x, y = arrays
+    model = classifier()
+    stage = KerasModel(model=model)
+    classic_df = frame(spark, x, y)
+    expected = ordered(stage.transform(classic_df), "prediction", "rawPrediction")
+    expected_predictor = ordered(ModelPredictor(model).predict(classic_df), "prediction")
+    expected_metrics = evaluate(model, classic_df)
+
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
+    remote_df = frame(connect_spark, x, y)
+    got = ordered(stage.transform(remote_df), "prediction", "rawPrediction")
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1], atol=1e-6)
+    (predicted,) = ordered(ModelPredictor(model).predict(remote_df), "prediction")
+    np.testing.assert_allclose(predicted, expected_predictor[0], atol=1e-6)
+    assert evaluate(model, remote_df) == pytest.approx(expected_metrics, abs=1e-6)
+    np.testing.assert_array_equal(got[0], np.argmax(model.predict(x, verbose=0), axis=1))
+
+
+def test_input_checks_on_connect(connect, arrays):
+    x, y = arrays
+    df = frame(connect, x, y)
+    with pytest.raises(ValueError, match="pixels"):
+        KerasModel(model=classifier(), featuresCol="pixels").transform(df)
+    narrow = numpy_to_frame(connect, {"features": x[:, :5], "label": y})
+    with pytest.raises(ValueError, match="features"):
+        ModelPredictor(classifier()).predict(narrow)
+    with pytest.raises((TypeError, ValueError), match="label"):
+        text = df.withColumn("label", df.id.cast("string"))
+        KerasEstimator(model=classifier(), trainer="single").fit(text)
+
+
+def test_pipeline_cross_validator_and_persistence_on_connect(
+    spark, connect_spark, arrays, tmp_path, monkeypatch
+):
+    x, y = arrays
+    classic_df = vector_frame(spark, x, y)
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
+    df = vector_frame(connect_spark, x, y)
+    estimator = KerasEstimator(
+        model=classifier(),
+        trainer="single",
+        optimizer=keras.optimizers.Adam(0.02),
+        epochs=5,
+        batchSize=16,
+    )
+    pipeline = Pipeline(stages=[VectorAssembler(inputCols=["vec"], outputCol="v"), estimator])
+    estimator.setFeaturesCol("v")
+    fitted = pipeline.fit(df)
+    got = ordered(fitted.transform(df), "prediction", "rawPrediction")
+    assert float(np.mean(got[0] == y)) > 0.6  # rows ordered by id, as `y`
+
+    path = str(tmp_path / "pipeline")
+    fitted.write().overwrite().save(path)
+    inference.clear_model_cache()
+    loaded = PipelineModel.load(path)
+    again = ordered(loaded.transform(df), "prediction", "rawPrediction")
+    np.testing.assert_array_equal(again[0], got[0])
+    np.testing.assert_allclose(again[1], got[1], atol=1e-6)
+
+    grid = ParamGridBuilder().addGrid(estimator.epochs, [1]).build()
+    cv = CrossValidator(
+        estimator=pipeline,
+        estimatorParamMaps=grid,
+        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"),
+        numFolds=2,
+        seed=5,
+    )
+    assert cv.fit(df).avgMetrics[0] > 0.4
+
+    monkeypatch.delenv("SPARK_CONNECT_MODE_ENABLED")  # the Keras stage, fitted on Connect:
+    assembler = VectorAssembler(inputCols=["vec"], outputCol="v")
+    classic_out = fitted.stages[-1].transform(assembler.transform(classic_df))
+    classic = ordered(classic_out, "prediction", "rawPrediction")
+    np.testing.assert_array_equal(classic[0], got[0])
+    np.testing.assert_allclose(classic[1], got[1], atol=1e-6)
