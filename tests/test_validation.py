@@ -84,10 +84,10 @@ def test_fit_refuses_y_beside_a_dataframe(frame):
 
 
 def test_too_few_task_slots(frame):
-    from distkeras.trainers import Trainer
+    from distkeras.trainers import DOWNPOUR
 
     with pytest.raises(RuntimeError, match="num_workers=3.*only 2 tasks"):
-        Trainer(mlp(), num_workers=3).train(frame)
+        DOWNPOUR(mlp(), num_workers=3).train(frame)
 
 
 def test_column_counts_must_match_inputs_and_outputs(spark):
