@@ -111,14 +111,18 @@ def trainer_run(name, setting, make_trainer, df, x_test, y_test, epochs) -> Run:
     return run
 
 
-def documented_settings(name: str) -> dict[str, tuple]:
+def documented_settings(name: str, adag_window: int | None = None) -> dict[str, tuple]:
     """Setting label -> (model learning rate, trainer kwargs): the model's own Adam(1e-3),
     then the setting docs/trainers.md documents for the trainer, where it differs."""
     own = {"model's Adam(1e-3)": (ADAM_LEARNING_RATE, {})}
     if name == "adag":
-        window = registry.spec("adag").window
-        rate = adag_learning_rate(ADAM_LEARNING_RATE, window, num_workers=2)
-        return {**own, f"Adam({rate:g}) = 1e-3 x λ/p (docs)": (rate, {})}
+        window = adag_window or registry.spec("adag").window
+        rate = adag_learning_rate(ADAM_LEARNING_RATE, window)
+        kwargs = {"communication_window": window}
+        return {
+            f"Adam(1e-3), λ={window}": (ADAM_LEARNING_RATE, kwargs),
+            f"Adam({rate:g}) = 1e-3 x λ (docs)": (rate, kwargs),
+        }
     if name == "eamsgd":  # its own Nesterov SGD unless given a worker optimizer
         return {
             "model's Adam(1e-3)": (ADAM_LEARNING_RATE, {"worker_optimizer": "model"}),
@@ -131,6 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--runs", default="", help="comma-separated registry names; all if empty")
+    parser.add_argument("--adag-window", type=int, help="ADAG's λ (default: the registry's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -151,7 +156,7 @@ def main() -> None:
     target = runs[0].accuracy - TOLERANCE
     names = args.runs.split(",") if args.runs else registry.names()
     for name in names:
-        for label, (learning_rate, kwargs) in documented_settings(name).items():
+        for label, (learning_rate, kwargs) in documented_settings(name, args.adag_window).items():
 
             def make(name=name, learning_rate=learning_rate, kwargs=kwargs):
                 model = mlp(learning_rate)

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="train a small MLP on scikit-learn's digits (what `make demo` runs)",
-        description="Trains a small MLP with two ADAG workers on scikit-learn's bundled "
+        description="Trains a small MLP with two workers of the default trainer on scikit-learn's "
         "digits, with a progress bar, and prints the held-out accuracy. No download.",
     )
     demo.add_argument("--epochs", type=_positive_int, default=10, help="passes over the data")

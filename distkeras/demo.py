@@ -1,7 +1,8 @@
 """The main job behind `make demo`: distributed training on an embedded local Spark.
 
-Trains a small MLP with ADAG on scikit-learn's bundled 8x8 digits (no download), two
-workers on `local[*]`, with a progress bar, then prints the held-out accuracy.
+Trains a small MLP with two workers of the default trainer (distkeras.algorithms.registry's
+DEFAULT) on scikit-learn's bundled 8x8 digits (no download) on `local[*]`, with a progress
+bar, then prints the held-out accuracy.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ def build_model(input_dim: int, classes: int):
 
 def run(master: str = "local[*]", epochs: int = 10, workers: int = 2, verbose="auto") -> float:
     """Trains on the digits and returns the held-out accuracy."""
+    from distkeras.algorithms.registry import DEFAULT
     from distkeras.datasets import load_digits
     from distkeras.spark import get_spark_session
-    from distkeras.trainers import ADAG
+    from distkeras.trainers import make_trainer
 
     (x_train, y_train), (x_test, y_test) = load_digits()
     get_spark_session(master, app_name="distkeras-demo")
     model = build_model(x_train.shape[1], 10)
-    trainer = ADAG(model, batch_size=16, num_workers=workers, seed=0)
+    trainer = make_trainer(DEFAULT, model, batch_size=16, num_workers=workers, seed=0)
     trainer.fit(x_train, y_train, epochs=epochs, validation_data=(x_test, y_test), verbose=verbose)
     predictions = np.argmax(model.predict(x_test, verbose=0), axis=1)
     return float(np.mean(predictions == y_test))

@@ -17,11 +17,12 @@ class ADAG(Algorithm):
         return center, center
 
 
-def learning_rate(single_process_rate: float, window: int, num_workers: int) -> float:
+def learning_rate(single_process_rate: float, window: int) -> float:
     """The local learning rate that makes ADAG progress per sample like one process.
 
-    A commit is the mean of λ local steps, so the center moves about one step per window
-    per worker where one process moves λ: ADAG needs about λ/p times the single-process
-    learning rate (docs/trainers.md has the measurement).
+    A commit is the mean of λ local steps, so each worker moves the center about one step
+    per window where one process would move λ; the p workers' commits add up, as one
+    process's steps would. ADAG thus needs about λ times the single-process learning rate,
+    whatever p (docs/trainers.md has the measurement, at p = 2).
     """
-    return single_process_rate * window / num_workers
+    return single_process_rate * window

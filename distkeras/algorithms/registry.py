@@ -104,9 +104,11 @@ REGISTRY: Mapping[str, AlgorithmSpec] = MappingProxyType(
             "ADAG",
             ADAG,
             12,
-            "the published ADAG; needs a larger learning rate (see below)",
+            "the published ADAG; needs about λ times the learning rate",
         ),
-        "downpour": AlgorithmSpec("DOWNPOUR", Downpour, 5, "plain asynchronous SGD, few workers"),
+        "downpour": AlgorithmSpec(
+            "DOWNPOUR", Downpour, 5, "the default: matches model.fit at the model's own optimizer"
+        ),
         "dynsgd": AlgorithmSpec(
             "DynSGD",
             DynSGD,
@@ -146,7 +148,7 @@ REGISTRY: Mapping[str, AlgorithmSpec] = MappingProxyType(
     }
 )
 
-DEFAULT = "adag"
+DEFAULT = "downpour"
 
 
 def names() -> list[str]:

@@ -1,0 +1,36 @@
+"""The default trainer is a drop-in for `model.fit`: the same accuracy at the user's settings.
+
+The model's own compiled optimizer (Adam(1e-3)), the same epochs and batch size, the same
+initial weights; only `model.fit` is swapped for the default trainer's `fit` (2 workers).
+Accuracy only: timing belongs to bench/time_to_accuracy.py.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from distkeras.algorithms import registry
+from distkeras.datasets import load_digits
+from distkeras.trainers import make_trainer
+
+from .conftest import accuracy, mlp
+
+EPOCHS = 30
+
+
+@pytest.mark.slow
+def test_default_trainer_within_one_point_of_model_fit(spark):
+    (x, y), (x_test, y_test) = load_digits()
+    keras.utils.set_random_seed(0)
+    reference = mlp(input_dim=64, hidden=(64,), optimizer=keras.optimizers.Adam(1e-3))
+    start = [w.copy() for w in reference.get_weights()]
+    reference.fit(x, y, batch_size=32, epochs=EPOCHS, verbose=0)
+    expected = accuracy(reference, x_test, y_test)
+
+    model = mlp(input_dim=64, hidden=(64,), optimizer=keras.optimizers.Adam(1e-3))
+    model.set_weights(start)
+    trainer = make_trainer(registry.DEFAULT, model, num_workers=2, seed=0)
+    trainer.fit(x, y, epochs=EPOCHS, batch_size=32, verbose=0)
+    got = accuracy(model, x_test, y_test)
+    assert got >= expected - 0.01, f"{registry.DEFAULT}: {got:.4f}, model.fit: {expected:.4f}"
+    assert np.isfinite(trainer.history.history["loss"][-1])
