@@ -97,7 +97,7 @@ def test_train_and_predict_on_parquet(spark, files, tmp_path, capsys):
     )
     assert code == 0
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["trainer"] == "adag" and summary["epochs"] == 1
+    assert summary["trainer"] == "downpour" and summary["epochs"] == 1
     assert set(summary["metrics"]) == {"loss", "accuracy"}
     assert output.exists()
 

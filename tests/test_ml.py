@@ -226,7 +226,7 @@ def test_model_stage_overwrites_only_when_asked(tiny, tmp_path):
 def test_params_defaults_setters_and_copy():
     model = mlp(compile=False)
     estimator = KerasEstimator(model=model)
-    assert estimator.getTrainer() == "adag"
+    assert estimator.getTrainer() == "downpour"
     assert (estimator.getNumWorkers(), estimator.getBatchSize(), estimator.getEpochs()) == (
         2,
         32,
