@@ -1,8 +1,10 @@
 """The per-partition training function that runs in a Spark task.
 
 train_partition: Arrow batches of one partition in, one summary row out. It rebuilds the
-model, authenticates with the parameter server, and alternates windows of local steps
-(local_steps.WindowRunner) with the algorithm's exchange. No sockets beyond the Client.
+model, spills the partition to a local file (row_source.SpillSource: memory does not grow
+with the partition), authenticates with the parameter server, and alternates windows of
+local steps (local_steps.WindowRunner) with the algorithm's exchange. No sockets beyond the
+Client.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from distkeras.model_spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = (
-    "worker long, rows long, first_epoch long, samples long, commits long, seconds double"
+    "worker long, rows long, first_epoch long, samples long, commits long, seconds double, "
+    "spill_bytes long, memory_growth long"
 )
 
 
@@ -95,46 +98,63 @@ def _configure_threads(threads: int) -> None:
         logger.debug("TensorFlow already initialised in this process; keeping its threads")
 
 
-def _take(data, index):
-    if isinstance(data, list):
-        return [part[index] for part in data]
-    return data[index]
-
-
 def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
-    from distkeras.data import arrow_to_numpy, model_arrays
     from distkeras.local_steps import WindowRunner
+    from distkeras.memory import PeakGrowth
     from distkeras.model_cache import model_and_runner
-    from distkeras.parameter_server import Client
+    from distkeras.row_source import SpillSource
 
     started = time.monotonic()
-    columns = arrow_to_numpy(batches, plan.feature_cols + plan.label_cols)
-    x, y = model_arrays(columns, plan.feature_cols, plan.label_cols, plan.input_shapes)
-    rows = len(columns[plan.feature_cols[0]])
     _configure_threads(plan.threads)
     model, runner = model_and_runner(
         plan.model, plan.custom_objects, plan.batch_size, lambda m: WindowRunner(m, plan.batch_size)
     )
+    growth = PeakGrowth()  # from here on, memory should not grow with the partition
+    with SpillSource(batches, plan.feature_cols + plan.label_cols) as source:
+        summary = _train_epochs(plan, worker_id, model, runner, source)
+    return {  # in SUMMARY_SCHEMA's order
+        **summary,
+        "seconds": time.monotonic() - started,
+        "spill_bytes": source.nbytes,
+        "memory_growth": growth.bytes(),
+    }
+
+
+def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> dict:
+    """Alternates windows of local steps with the algorithm's exchange, epoch after epoch.
+
+    A window larger than a piece of the shuffle buffer (e.g. a whole epoch) is trained in
+    pieces of whole batches and exchanged once, at its end.
+    """
+    from distkeras.data import model_arrays
+    from distkeras.parameter_server import Client
+
     algorithm = plan.algorithm
     window_rows = (algorithm.window or 1 << 40) * plan.batch_size
+    piece_rows = plan.batch_size * max(1, min(window_rows, source.piece_rows) // plan.batch_size)
     rng = np.random.default_rng(None if plan.seed is None else plan.seed + worker_id)
     samples = commits = 0
     with Client(plan.address, plan.secret, worker_id=worker_id, timeout=plan.timeout) as client:
         reference = algorithm.local_weights(client.pull(), worker_id)
         model.set_weights(reference)
         first_epoch = max(plan.first_epoch, client.epoch)  # later in a retried stage
-        client.report(epoch=first_epoch, samples=0, rows=rows, logs={})
+        client.report(epoch=first_epoch, samples=0, rows=source.rows, logs={})
         last_report = time.monotonic()
         for epoch in range(first_epoch, plan.num_epoch):
             runner.reset()
-            order = rng.permutation(rows) if plan.shuffle else np.arange(rows)
-            done = 0
-            for start in range(0, rows, window_rows):
-                index = order[start : start + window_rows]
-                runner.run(_take(x, index), _take(y, index))
+            reader = source.epoch(rng if plan.shuffle else None)
+            done = in_window = 0
+            while (columns := reader.take(min(piece_rows, window_rows - in_window))) is not None:
+                x, y = model_arrays(columns, plan.feature_cols, plan.label_cols, plan.input_shapes)
+                runner.run(x, y)
+                taken = len(columns[plan.feature_cols[0]])
+                done += taken
+                in_window += taken
+                if in_window < window_rows and reader.remaining:
+                    continue
+                in_window = 0
                 weights, reference = algorithm.worker_rule(model.get_weights(), reference, client)
                 model.set_weights(weights)
-                done += len(index)
                 commits += 1
                 if plan.on_exchange is not None:
                     plan.on_exchange(worker_id, commits)
@@ -151,9 +171,8 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         client.report(finished=True, samples=samples)
     return {
         "worker": worker_id,
-        "rows": rows,
+        "rows": source.rows,
         "first_epoch": first_epoch,
         "samples": samples,
         "commits": commits,
-        "seconds": time.monotonic() - started,
     }
