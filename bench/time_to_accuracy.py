@@ -9,7 +9,12 @@ trainer twice: with the model's own optimizer and with the trainer's documented 
 epoch end and the seconds since training began, and prints the seconds to reach `fit`'s
 final accuracy minus 0.5 points, the final accuracy and samples/s.
 
-Usage: .venv/bin/python bench/time_to_accuracy.py [--epochs 20] [--runs fit,ADAG,...]
+Before the table, in the same fresh session: the session's first fit (executors' imports
+included) and the warm overhead of later fits, on 512 rows; after it, one epoch on a
+627 MB float32 numpy array (bench/fixed_costs.py). Ends with the targets, met or not.
+
+Usage: .venv/bin/python bench/time_to_accuracy.py [--epochs 20] [--runs adag,downpour,...]
+    [--adag-window 4] [--skip-fixed-costs]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import dataclasses
 import logging
 import time
 
+import fixed_costs
 from train_bench import mlp  # the same model as the throughput bench
 
 from distkeras.algorithms import registry
@@ -136,6 +142,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--runs", default="", help="comma-separated registry names; all if empty")
     parser.add_argument("--adag-window", type=int, help="ADAG's λ (default: the registry's)")
+    parser.add_argument("--skip-fixed-costs", action="store_true")
+    parser.add_argument("--large-rows", type=int, default=200_000, help="rows of the array")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -146,9 +154,13 @@ def main() -> None:
 
     (x, y), (x_test, y_test) = load_mnist()
     spark = get_spark_session("local[2]", app_name="distkeras-time-to-accuracy")
+    costs = {}
+    if not args.skip_fixed_costs:
+        costs["first"] = fixed_costs.first_fit(x, y)
+        costs["warm"] = fixed_costs.warm_overhead(x, y)
     df = numpy_to_frame(spark, {"features": x, "label": y}, packed=True).repartition(2).cache()
     df.count()
-    trainers.DOWNPOUR(mlp(), num_workers=2).fit(df.limit(64), verbose=0)  # warm executors
+    trainers.DOWNPOUR(mlp(), num_workers=2).fit(df.limit(64), verbose=0)  # warm, if not yet
 
     runs = [fit_run(x, y, x_test, y_test, args.epochs)]
     steps = tuned_steps_per_execution(x, y)
@@ -168,7 +180,40 @@ def main() -> None:
             runs.append(trainer_run(name, label, make, df, x_test, y_test, args.epochs))
             logger.info("%s %s: %.4f", name, label, runs[-1].accuracy)
     print_table(runs, target, args.epochs)
+    if not args.skip_fixed_costs:
+        df.unpersist()
+        costs["large"] = fixed_costs.large_array(args.large_rows)
+    print_targets(runs, costs)
     spark.stop()
+
+
+def print_targets(runs, costs: dict) -> None:
+    fit, default = runs[0], next((r for r in runs if r.name == registry.DEFAULT), None)
+    print("\nTargets")
+    if default is not None:
+        ratio = (default.samples / default.seconds) / (fit.samples / fit.seconds)
+        gap = (fit.accuracy - default.accuracy) * 100
+        print(
+            f"default trainer ({registry.DEFAULT}): {ratio:.2f}x fit's samples/s (target >= 2), "
+            f"{gap:+.2f} points below fit (target <= 0.3)"
+        )
+    if "first" in costs:
+        first, warm = costs["first"], costs["warm"]
+        print(
+            f"first fit of the session (512 rows, 1 epoch): {first['trainer_first']:.2f} s "
+            f"(target <= 8; the process's first model.fit: {first['keras_first']:.2f} s)"
+        )
+        print(
+            f"later fit: {warm['trainer']:.2f} s, model.fit on a fresh model: {warm['keras']:.2f} s"
+            f", overhead {warm['trainer'] - warm['keras']:.2f} s (target <= 0.5; medians of 5)"
+        )
+    if "large" in costs:
+        large = costs["large"]
+        print(
+            f"one epoch on a {large['megabytes']:.0f} MB float32 array: {large['trainer']:.1f} s, "
+            f"model.fit {large['keras']:.1f} s: {large['trainer'] / large['keras']:.2f}x "
+            "(target <= 1.2)"
+        )
 
 
 def print_table(runs, target: float, epochs: int) -> None:

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from distkeras import data, validation
+from distkeras import data, validation, warmup
 from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
 from distkeras.checkpoint import Checkpointer, load_checkpoint
@@ -120,6 +120,7 @@ class Trainer:
             "checkpoint_interval", checkpoint_interval
         )
         self.resume_from = resume_from
+        self._imports = None  # the executors' early imports (warmup.start_imports)
         self.history = None
         self.parameter_server_stats: dict = {}
         self.worker_summaries: list[dict] = []
@@ -236,6 +237,7 @@ class Trainer:
             raise ValueError(
                 f"`x` and `y` must have the same number of rows. Received: {sorted(lengths)}"
             )
+        self._imports = warmup.start_imports(spark, self.num_workers)  # inputs are valid
         df = data.numpy_to_frame(spark, arrays, packed=True)
         return (
             df,
@@ -318,6 +320,10 @@ class Trainer:
         self._check_input(df, features, labels)
         spark = df.sparkSession
         threads = self._check_slots(spark)
+        imports, self._imports = (
+            self._imports or warmup.start_imports(spark, self.num_workers),
+            None,
+        )
         algorithm = self.algorithm()
         model = self._driver_model()
         first_epoch = 0
@@ -393,6 +399,7 @@ class Trainer:
             if task_max_failures(spark) > 1:
                 # Spark re-runs a failed barrier stage only when it feeds a shuffle.
                 workers = workers.repartition(1)
+            warmup.finish(imports)
             job = SparkJob(spark, workers.collect)
             job.start()
             monitor.follow(job)

@@ -1,0 +1,54 @@
+"""Executors' imports started early: the first fit of a session overlaps them with the
+driver's own preparation.
+
+start_imports(spark, n) launches, once per SparkSession, a background Spark job of n tasks
+that import TensorFlow and Keras in the executors' Python workers; Spark reuses those
+workers for the training tasks that follow. Nothing here trains or talks to the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+
+from distkeras.spark_job import SparkJob
+
+logger = logging.getLogger(__name__)
+
+_WARMED: weakref.WeakSet = weakref.WeakSet()
+SCHEMA = "imported long"
+
+
+def import_keras(batches):
+    """`mapInArrow` function: imports Keras (and TensorFlow) in this Python worker."""
+    import keras  # noqa: F401  the import is the point
+    import pyarrow as pa
+
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pylist([{"imported": 1}])
+
+
+def start_imports(spark, num_tasks: int) -> SparkJob | None:
+    """Starts the import job on `num_tasks` tasks, the first time for `spark`; else None.
+
+    The job runs in a daemon thread under its own job group; `finish` waits for it.
+    """
+    if spark in _WARMED:
+        return None
+    _WARMED.add(spark)
+    frame = spark.range(0, num_tasks, 1, num_tasks).mapInArrow(import_keras, SCHEMA)
+    job = SparkJob(spark, frame.collect, "distkeras: executors import Keras")
+    job.start()
+    return job
+
+
+def finish(job: SparkJob | None, timeout: float = 300.0) -> None:
+    """Waits for the import job (None: nothing to wait for); a failure is only logged, the
+    training job then imports in its own tasks."""
+    if job is None:
+        return
+    try:
+        job.result(timeout)
+    except Exception as error:  # the training job reports real problems itself
+        logger.warning("executors' early imports failed: %s", error)
