@@ -19,6 +19,7 @@ import numpy as np
 from distkeras.algorithms.base import Algorithm
 from distkeras.errors import WorkerError
 from distkeras.model_spec import ModelSpec
+from distkeras.placement import HostedServer, ServerPlan
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class WorkerPlan:
         threads: TensorFlow intra-op threads (Spark's cpus per task).
         custom_objects: classes and functions the model refers to by name.
         first_epoch: the epoch to start from (a resumed run skips the epochs it has done).
+        hosted: for a run whose server lives in the cluster, what worker 0 needs to host
+            it (`address` is then the one worker 0 shares); None: the server is the driver's.
         on_exchange: called as `on_exchange(worker_id, commits)` after every exchange with
             the server, inside the task (the tests inject faults through it); None: nothing.
     """
@@ -65,6 +68,7 @@ class WorkerPlan:
     threads: int = 1
     custom_objects: dict | None = None
     first_epoch: int = 0
+    hosted: ServerPlan | None = None
     on_exchange: Callable[[int, int], None] | None = None
 
 
@@ -73,9 +77,14 @@ def train_partition(plan: WorkerPlan, batches):
     import pyarrow as pa
     from pyspark import BarrierTaskContext
 
-    worker_id = BarrierTaskContext.get().partitionId()
+    context = BarrierTaskContext.get()
+    worker_id = context.partitionId()
     try:
-        summary = _train(plan, worker_id, batches)
+        if plan.hosted is None:
+            summary = _train(plan, worker_id, batches)
+        else:
+            with HostedServer(plan, context) as address:
+                summary = _train(dataclasses.replace(plan, address=address), worker_id, batches)
     except Exception as error:
         raise WorkerError(f"worker {worker_id} failed: {describe(error)}") from error
     yield pa.RecordBatch.from_pylist([summary])

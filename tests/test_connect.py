@@ -151,3 +151,49 @@ def test_pipeline_cross_validator_and_persistence_on_connect(
     classic = ordered(classic_out, "prediction", "rawPrediction")
     np.testing.assert_array_equal(classic[0], got[0])
     np.testing.assert_allclose(classic[1], got[1], atol=1e-6)
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_mnist_trains_alike_on_classic_and_in_cluster_over_connect(
+    spark, connect_spark, mnist, monkeypatch
+):
+    from distkeras.trainers import ADAG
+    from tests.conftest import accuracy, mlp
+
+    (x_train, y_train), (x_test, y_test) = mnist
+    arrays = {"features": x_train, "label": y_train}
+    scores = {}
+    for name, session, placement in (
+        ("classic", spark, "auto"),
+        ("connect", connect_spark, "cluster"),
+    ):
+        if name == "connect":
+            monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
+        trainer = ADAG(mlp(), num_workers=2, num_epoch=2, seed=3, ps_placement=placement)
+        model = trainer.train(numpy_to_frame(session, arrays).repartition(2))
+        scores[name] = accuracy(model, x_test, y_test)
+        assert trainer.history.epoch == [0, 1]
+        assert trainer.parameter_server_stats["num_updates"] > 0
+    assert trainer.parameter_server_stats["placement"] == "cluster"
+    assert scores["classic"] >= 0.9
+    assert abs(scores["connect"] - scores["classic"]) <= 0.02, scores
+
+
+def test_unreachable_placements_fail_in_time_naming_the_addresses(connect, arrays, monkeypatch):
+    """Executors that cannot reach the client, and a client that cannot reach worker 0:
+    both simulated with TEST-NET addresses (RFC 5737), which nothing answers."""
+    import time
+
+    from distkeras import placement
+    from distkeras.trainers import DOWNPOUR
+
+    monkeypatch.setattr(placement, "advertised", lambda address: ("192.0.2.1", address[1]))
+    monkeypatch.setattr(placement, "observer_candidates", lambda where: [("192.0.2.2", 9)])
+    x, y = arrays
+    trainer = DOWNPOUR(classifier(), num_workers=2, worker_timeout=10.0)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"192\.0\.2\.1:\d+.*192\.0\.2\.2:9"):
+        trainer.train(frame(connect, x, y))
+    assert time.monotonic() - started < 120

@@ -1,4 +1,5 @@
-"""Client: one worker's connection to the parameter server (pull, commit, report, leave).
+"""Client: one worker's connection to the parameter server (pull, commit, report, leave),
+or the observer's (pull, watch) when the driver follows a server it does not host.
 
 The handshake and framing are `distkeras.ps.protocol`'s; what the server does with a commit
 is `distkeras.ps.center`'s. Nothing here knows about Spark or about models.
@@ -192,6 +193,22 @@ class Client:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"Expected JSON-serializable report fields. Received: {exc}") from None
         self._request(MsgType.REPORT, MsgType.ACK, {"fields": fields})
+
+    def watch(
+        self, epoch: int, stop: bool = False, release: bool = False
+    ) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """Observer only: tells the server the driver's state, returns the news since the
+        last call (REPORTS metadata: `reports`, `clock`, ... and the arrays it carries).
+
+        Args:
+            epoch: Epochs the driver has completed.
+            stop: The driver asks the workers to stop (a callback set `stop_training`).
+            release: The driver has what it needs; the server's host may stop it.
+        """
+        meta = {"epoch": int(epoch), "stop": bool(stop), "release": bool(release)}
+        reply = self._request(MsgType.WATCH, MsgType.REPORTS, meta)
+        self.clock = reply.meta["clock"]
+        return reply.meta, reply.arrays
 
     def leave(self) -> None:
         """Round mode: this worker has no more data; removes it from the round set."""

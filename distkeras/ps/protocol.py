@@ -39,6 +39,8 @@ ALIGNMENT = 8  # every array starts at a multiple of 8 bytes inside the payload
 NONCE_SIZE = 32
 MAX_NDIM = 32
 MAX_WORKER_ID = 2**31 - 1
+# The id of an observer: the driver following a server it does not host (WATCH and PULL only).
+OBSERVER_ID = MAX_WORKER_ID
 MAX_CLOCK = 2**63 - 1
 
 # Only plain numeric dtypes travel; little-endian on the wire. Never "O" (object).
@@ -69,9 +71,11 @@ class MsgType(enum.IntEnum):
     REPORT = 13  # client -> server: {"fields"}
     LEAVE = 14  # client -> server: {}
     GOODBYE = 15  # client -> server: {}; no reply
+    WATCH = 16  # observer -> server: {"epoch", "stop", "release"}; reply is REPORTS
     WEIGHTS = 20  # server -> client: {"clock", "stop", "arrays"} + payload
     ACK = 21  # server -> client: {"clock", "stop"}
     ERROR = 22  # either way: {"error"}
+    REPORTS = 23  # server -> observer: {"clock", "stop", "reports", "arrays"} + payload
 
 
 _HEX_NONCE = ("hex", NONCE_SIZE)
@@ -97,6 +101,8 @@ SCHEMA: dict[MsgType, dict[str, Any]] = {
     MsgType.WEIGHTS: {"clock": "clock", "stop": bool, "arrays": "specs"},
     MsgType.ACK: {"clock": "clock", "stop": bool},
     MsgType.ERROR: {"error": str},
+    MsgType.WATCH: {"epoch": int, "stop": bool, "release": bool},
+    MsgType.REPORTS: {"clock": "clock", "stop": bool, "reports": list, "arrays": "specs"},
 }
 _MSG_TYPES = {int(t): t for t in MsgType}
 

@@ -116,6 +116,8 @@ class ParameterServer:
         port: Port to bind; 0 picks a free one.
         secret: Shared HMAC key; random 32 bytes when None.
         on_report: Called from a server thread (serialized) with each progress report dict.
+        on_watch: Answers an observer's WATCH (see `protocol.OBSERVER_ID`): called with its
+            metadata, returns the REPORTS metadata and arrays. None: observers are refused.
         reject_nonfinite: Refuse commits holding NaN or Inf.
         round_rule: `round_rule(center, commits)`; enables round (synchronous) mode, in
             which `rule` is unused.
@@ -140,6 +142,7 @@ class ParameterServer:
         port: int = 0,
         secret: bytes | None = None,
         on_report: Callable[[dict], None] | None = None,
+        on_watch: Callable[[dict], tuple[dict, Sequence[np.ndarray]]] | None = None,
         reject_nonfinite: bool = True,
         round_rule: RoundRule | None = None,
         num_workers: int | None = None,
@@ -195,6 +198,7 @@ class ParameterServer:
         self._port = port
         self._secret = secret if secret is not None else os.urandom(32)
         self._on_report = on_report
+        self._on_watch = on_watch
         self._reject_nonfinite = reject_nonfinite
         self._handshake_timeout = float(handshake_timeout)
         self._max_unauthenticated = max_unauthenticated
@@ -208,6 +212,7 @@ class ParameterServer:
             MsgType.COMMIT_PULL: self._on_commit,
             MsgType.REPORT: self._on_report_message,
             MsgType.LEAVE: self._on_leave,
+            MsgType.WATCH: self._on_watch_message,
         }
 
         # Lifecycle: guarded by _state_lock.
@@ -484,6 +489,11 @@ class ParameterServer:
 
     def _admit(self, conn: _Connection, worker_id: int) -> dict[str, Any]:
         """WELCOME fields for an authenticated worker, or a refusal naming the reason."""
+        if worker_id == protocol.OBSERVER_ID:
+            if self._on_watch is None:
+                raise ProtocolError("this parameter server takes no observer")
+            status = self._center.status()
+            return {"clock": status["clock"], "round_mode": False, "center": self._specs}
         try:
             fields = self._center.admit(worker_id)
         except Refused as exc:
@@ -533,6 +543,9 @@ class ParameterServer:
         """Checks a frame's metadata before its payload is read (a refusal drains the payload)."""
         if msg_type not in self._handlers and msg_type is not MsgType.GOODBYE:
             raise ProtocolError(f"{msg_type.name} is not a request a client may send")
+        observer = conn.worker_id == protocol.OBSERVER_ID
+        if observer != (msg_type is MsgType.WATCH) and msg_type not in _ANYONE:
+            raise ProtocolError(f"{msg_type.name} is not a request this client may send")
         if msg_type not in (MsgType.COMMIT, MsgType.COMMIT_PULL):
             return
         if meta["worker_id"] != conn.worker_id:
@@ -581,9 +594,16 @@ class ParameterServer:
                     raise Refused(f"on_report failed on the driver: {exc!r}") from exc
         return MsgType.ACK, self._center.status(), ()
 
+    def _on_watch_message(self, conn: _Connection, msg: Message) -> Reply:
+        meta, arrays = self._on_watch(msg.meta)
+        return MsgType.REPORTS, {**self._center.status(), **meta}, arrays
+
     def _on_leave(self, conn: _Connection, msg: Message) -> Reply:
         self._center.depart(conn.worker_id)
         return MsgType.ACK, self._center.status(), ()
+
+
+_ANYONE = (MsgType.PULL, MsgType.GOODBYE)  # workers and the observer alike
 
 
 def _shutdown(sock: socket.socket) -> None:

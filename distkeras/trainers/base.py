@@ -14,12 +14,12 @@ import time
 
 import numpy as np
 
-from distkeras import data, validation, warmup
+from distkeras import data, placement, validation, warmup
 from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
 from distkeras.checkpoint import Checkpointer, load_checkpoint
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
-from distkeras.monitor import TrainingMonitor
+from distkeras.monitor import STARTUP_GRACE, TrainingMonitor
 from distkeras.spark import client_host, task_cpus, task_max_failures, task_slots
 from distkeras.spark_job import SparkJob
 from distkeras.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
@@ -47,6 +47,10 @@ class Trainer:
         ps_host: address the parameter server binds to and workers connect to; None: the
             loopback in local mode, else `spark.driver.host`.
         ps_port: the server's port; 0 picks a free one.
+        ps_placement: where the parameter server runs: "client" (this process), "cluster"
+            (in worker 0's task, for executors that cannot reach the client, e.g. over
+            Spark Connect), or "auto": the client when the executors reach it, else the
+            cluster (docs/cluster.md, "Spark Connect").
         worker_timeout: seconds a worker may go without reporting before the run fails.
         custom_objects: classes and functions the model refers to by name.
         seed: seed of the workers' shuffles.
@@ -79,6 +83,7 @@ class Trainer:
         communication_window: int | None = None,
         ps_host: str | None = None,
         ps_port: int = 0,
+        ps_placement: str = "auto",
         worker_timeout: float = 600.0,
         custom_objects: dict | None = None,
         seed: int | None = None,
@@ -112,6 +117,7 @@ class Trainer:
             )
         self.ps_host = ps_host
         self.ps_port = ps_port
+        self.ps_placement = placement.check_placement(ps_placement)
         self.worker_timeout = validation.positive_number("worker_timeout", worker_timeout)
         self.custom_objects = custom_objects
         self.seed = seed
@@ -376,6 +382,23 @@ class Trainer:
         monitor.attach(server)
         try:
             server.start()
+            where = placement.choose(
+                spark, self.ps_placement, server.address, self.num_workers, self.ps_port
+            )
+            hosted = None
+            if where.kind == "cluster":
+                server.stop()
+                server = placement.RemoteServer(
+                    placement.observer_candidates(where),
+                    server.secret,
+                    model.get_weights(),
+                    self.num_workers,
+                    monitor.on_report,
+                    connect_timeout=min(self.worker_timeout, STARTUP_GRACE),
+                    tried=where.tried,
+                )
+                monitor.attach(server)
+                hosted = placement.ServerPlan(where.port, self.num_workers, round_timeout)
             plan = WorkerPlan(
                 model=spec,
                 algorithm=algorithm,
@@ -392,16 +415,19 @@ class Trainer:
                 threads=threads,
                 custom_objects=self.custom_objects,
                 first_epoch=first_epoch,
+                hosted=hosted,
             )
             workers = frame.mapInArrow(
                 lambda batches: train_partition(plan, batches), SUMMARY_SCHEMA, barrier=True
             )
-            if task_max_failures(spark) > 1:
+            if task_max_failures(spark) > 1 and hosted is None:
                 # Spark re-runs a failed barrier stage only when it feeds a shuffle.
                 workers = workers.repartition(1)
             warmup.finish(imports)
             job = SparkJob(spark, workers.collect)
             job.start()
+            if hosted is not None:
+                server.start()  # finds worker 0's server, then follows it
             monitor.follow(job)
             self.worker_summaries = [row.asDict() for row in job.result()]
         except BaseException:
