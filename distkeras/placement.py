@@ -91,10 +91,10 @@ def free_port() -> int:
 def choose(spark, placement: str, address: tuple, num_workers: int, port: int = 0) -> Placement:
     """Decides where the server of a run lives.
 
-    "client" and "cluster" are taken as given (a forced "client" is still probed off this
-    machine, so that an unreachable client fails now, by name). "auto" keeps the server on
-    the client when the executors run here or reach it, and moves it into the cluster when
-    they do not.
+    "cluster" is taken as given. "client" and "auto" keep the server on the client on a
+    classic session and wherever the address is a loopback one (the executors run here);
+    on a remote Connect session a probe asks the executors: "auto" moves the server into
+    the cluster when they cannot reach the client, "client" fails at once, by name.
 
     Args:
         spark: the session.
@@ -106,11 +106,11 @@ def choose(spark, placement: str, address: tuple, num_workers: int, port: int = 
     Raises:
         RuntimeError: a forced "client" placement the executors cannot reach.
     """
-    from distkeras.spark import is_local
+    from distkeras.spark import is_connect
 
     target = advertised(address)
     loopback = target[0].startswith("127.") or target[0] == "localhost"
-    if placement == "client" and is_local(spark) or placement == "auto" and loopback:
+    if placement != "cluster" and (loopback or not is_connect(spark)):
         return Placement("client", tried=f"{target[0]}:{target[1]}")
     results = probe(spark, target, num_workers)
     failures = [r["error"] for r in results if r["error"]]
@@ -123,7 +123,7 @@ def choose(spark, placement: str, address: tuple, num_workers: int, port: int = 
             "Use ps_placement='cluster' or 'auto', or a `ps_host` they can reach."
         )
     hosts = sorted({r["host"] for r in results})
-    logger.info("parameter server placed in the cluster (client unreachable: %s)", tried)
+    logger.info("parameter server placed in the cluster (client at %s)", tried)
     return Placement("cluster", port=port or free_port(), hosts=hosts, tried=tried)
 
 

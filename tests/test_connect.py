@@ -156,10 +156,11 @@ def test_pipeline_cross_validator_and_persistence_on_connect(
 # ------------------------------------------------------------------ training
 
 
-def test_mnist_trains_alike_on_classic_and_in_cluster_over_connect(
+def test_default_trainer_learns_mnist_alike_on_classic_and_in_cluster_over_connect(
     spark, connect_spark, mnist, monkeypatch
 ):
-    from distkeras.trainers import ADAG
+    from distkeras.algorithms.registry import DEFAULT
+    from distkeras.trainers import make_trainer
     from tests.conftest import accuracy, mlp
 
     (x_train, y_train), (x_test, y_test) = mnist
@@ -171,7 +172,9 @@ def test_mnist_trains_alike_on_classic_and_in_cluster_over_connect(
     ):
         if name == "connect":
             monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
-        trainer = ADAG(mlp(), num_workers=2, num_epoch=2, seed=3, ps_placement=placement)
+        trainer = make_trainer(
+            DEFAULT, mlp(), num_workers=2, num_epoch=2, seed=3, ps_placement=placement
+        )
         model = trainer.train(numpy_to_frame(session, arrays).repartition(2))
         scores[name] = accuracy(model, x_test, y_test)
         assert trainer.history.epoch == [0, 1]
