@@ -39,6 +39,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _ColumnNames(argparse.Action):
+    """Column names given as `a b c` or `a,b,c` (the old dist-keras spelling), or both."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = [name.strip() for value in values for name in value.split(",")]
+        if not all(names):
+            parser.error(f"{option_string}: empty column name in {' '.join(values)!r}")
+        setattr(namespace, self.dest, names)
+
+
 def _add_spark_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--master",
@@ -64,9 +74,10 @@ def _add_data_options(parser: argparse.ArgumentParser, features_help: str) -> No
     parser.add_argument(
         "--features-col",
         nargs="+",
+        action=_ColumnNames,
         default=["features"],
         metavar="COL",
-        help=features_help,
+        help=features_help + " Several columns: `a b c` or `a,b,c`.",
     )
 
 

@@ -15,15 +15,25 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-VECTOR, ARRAY, PACKED, SCALAR = "vector", "array", "packed", "scalar"
+VECTOR, ARRAY, NESTED, PACKED, SCALAR, STRING = (
+    "vector",
+    "array",
+    "nested",
+    "packed",
+    "scalar",
+    "string",
+)
 PACKED_DTYPE = np.dtype("<f4")  # what a binary feature column holds: little-endian float32
 
 
 def column_kind(data_type) -> str | None:
-    """Returns VECTOR, ARRAY, PACKED or SCALAR for a numeric Spark type, None otherwise.
+    """Returns the kind of a Spark column the workers can read, None for any other type.
 
-    PACKED is a binary column whose values are rows of little-endian float32 (what
-    `numpy.ndarray.tobytes()` gives for float32 rows): the cheapest way into Arrow.
+    VECTOR: an ML Vector. ARRAY: an array of numbers, booleans or strings. NESTED: arrays
+    of arrays of numbers (images), flattened row by row. PACKED: a binary column whose
+    values are rows of little-endian float32 (what `numpy.ndarray.tobytes()` gives for
+    float32 rows), the cheapest way into Arrow. SCALAR: a number or boolean. STRING: a
+    string, for models that preprocess text inside (TextVectorization, StringLookup).
     """
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import types
@@ -32,13 +42,34 @@ def column_kind(data_type) -> str | None:
         return VECTOR
     if isinstance(data_type, types.BinaryType):
         return PACKED
-    if isinstance(data_type, types.ArrayType) and isinstance(
-        data_type.elementType, types.NumericType
-    ):
-        return ARRAY
+    if isinstance(data_type, types.StringType):
+        return STRING
+    if isinstance(data_type, types.ArrayType):
+        element = data_type.elementType
+        if isinstance(element, (types.NumericType, types.BooleanType, types.StringType)):
+            return ARRAY
+        if isinstance(element, types.ArrayType) and column_kind(element) in (ARRAY, NESTED):
+            return NESTED
+        return None
     if isinstance(data_type, (types.NumericType, types.BooleanType)):
         return SCALAR
     return None
+
+
+def holds_strings(data_type) -> bool:
+    """True for a string column or an array of strings."""
+    from pyspark.sql import types
+
+    return isinstance(_element_type(data_type), types.StringType)
+
+
+def _element_type(data_type):
+    """The innermost element type of a (nested) array type."""
+    from pyspark.sql import types
+
+    while isinstance(data_type, types.ArrayType):
+        data_type = data_type.elementType
+    return data_type
 
 
 def is_integral(data_type) -> bool:
@@ -50,12 +81,19 @@ def is_integral(data_type) -> bool:
     )
 
 
-def check_columns(df, columns: Sequence[str], argument: str) -> None:
-    """Checks that each column exists and is numeric (scalar, array or ML vector).
+def check_columns(df, columns: Sequence[str], argument: str, strings: bool = False) -> None:
+    """Checks that each column exists and holds what a worker can read (see `column_kind`).
+
+    Args:
+        df: the DataFrame.
+        columns: the columns to check.
+        argument: the argument that named them, for the messages.
+        strings: accept string columns (features of models that take strings).
 
     Raises:
         ValueError: a column is missing; the message lists the available ones.
-        TypeError: a column is not numeric; the message gives its type.
+        TypeError: a column is not numeric (nor strings, where accepted); the message gives
+            its type.
     """
     for column in columns:
         if column not in df.columns:
@@ -64,10 +102,12 @@ def check_columns(df, columns: Sequence[str], argument: str) -> None:
                 f"Available columns: {df.columns}. Received: {argument}={column!r}"
             )
         data_type = df.schema[column].dataType
-        if column_kind(data_type) is None:
+        if column_kind(data_type) is None or (not strings and holds_strings(data_type)):
+            accepted = "numeric or strings" if strings else "numeric"
             raise TypeError(
-                f"Column `{column}` (from `{argument}`) must be numeric: a number, an array of "
-                f"numbers, an ML Vector or binary packed float32. Received: a column of type "
+                f"Column `{column}` (from `{argument}`) must be {accepted}: a number, a "
+                f"boolean{', a string' if strings else ''}, an array of them (nested for "
+                "images), an ML Vector or binary packed float32. Received: a column of type "
                 f"{data_type.simpleString()}"
             )
 
@@ -103,7 +143,7 @@ def _width_probe(kind: str, column: str):
     """A column's width as Spark computes it: 1 for a scalar, bytes for packed, else size."""
     from pyspark.sql import functions as F
 
-    if kind == SCALAR:
+    if kind in (SCALAR, STRING):
         return F.lit(1)
     if kind == PACKED:
         return F.length(f"`{column}`")
@@ -111,17 +151,22 @@ def _width_probe(kind: str, column: str):
 
 
 def columnar_frame(df, columns: Sequence[str]):
-    """Selects `columns`, with vectors and numeric arrays as `array<float>` (see `float_rows`).
+    """Selects `columns` as the workers read them (see `float_rows`).
 
-    Integer scalars stay integers (class indices); other scalars become float.
+    Integer scalars and integer arrays stay integers (class indices, token ids), strings
+    stay strings; other numbers and booleans become float, vectors and nested arrays flat
+    `array<float>`.
     """
     from pyspark.sql import functions as F
 
     selected = []
     for name in columns:
         data_type = df.schema[name].dataType
-        if column_kind(data_type) == SCALAR:
+        kind = column_kind(data_type)
+        if kind == SCALAR:
             column = F.col(f"`{name}`").cast("int" if is_integral(data_type) else "float")
+        elif kind == STRING:
+            column = F.col(f"`{name}`")
         else:
             column = float_rows(df, name)
         selected.append(column.alias(name))
@@ -131,7 +176,8 @@ def columnar_frame(df, columns: Sequence[str]):
 def arrow_to_numpy(batches: Iterable, columns: Sequence[str]) -> dict[str, np.ndarray]:
     """Concatenates Arrow record batches into one numpy array per column.
 
-    List columns become 2-D float32 arrays (rows x width); scalar columns 1-D arrays.
+    List columns become 2-D arrays (rows x width): float32, or integers, booleans and strings
+    as they are; scalar columns 1-D arrays (strings as object arrays of `str`).
 
     Raises:
         ValueError: on null values or rows of unequal width, naming the column.
@@ -153,8 +199,18 @@ def arrow_to_numpy(batches: Iterable, columns: Sequence[str]) -> dict[str, np.nd
         elif pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
             out[name] = _packed_to_matrix(name, array)
         else:
-            out[name] = array.to_numpy(zero_copy_only=False)
+            out[name] = _plain(array.to_numpy(zero_copy_only=False), array.type)
     return out
+
+
+def _plain(values: np.ndarray, arrow_type) -> np.ndarray:
+    """Floating point numbers as float32; integers, booleans and strings (an object array of
+    `str`, as Keras takes them) as they are."""
+    import pyarrow as pa
+
+    if pa.types.is_floating(arrow_type):
+        return values.astype(np.float32, copy=False)
+    return values
 
 
 def _list_to_matrix(name: str, array) -> np.ndarray:
@@ -162,7 +218,7 @@ def _list_to_matrix(name: str, array) -> np.ndarray:
     values = array.flatten()
     if values.null_count:
         raise ValueError(f"Column `{name}` has null elements inside its arrays.")
-    flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    flat = _plain(values.to_numpy(zero_copy_only=False), values.type)
     offsets = array.offsets.to_numpy()
     widths = np.diff(offsets)
     if rows and (widths.min() != widths.max()):
@@ -214,17 +270,23 @@ def model_arrays(columns: dict, feature_cols, label_cols, input_shapes):
         feature_cols, label_cols: column names in the order of the model's inputs and outputs.
         input_shapes: per input, the shape (without batch) to reshape flat rows to, or None.
     """
-    features = []
-    for name, shape in zip(feature_cols, input_shapes):
-        array = columns[name]
-        if shape is not None and len(array):
-            array = array.reshape((len(array), *shape))
-        features.append(array)
+    features = reshaped(columns, feature_cols, input_shapes)
     labels = [columns[name] for name in label_cols]
     return (
         features[0] if len(features) == 1 else features,
         labels[0] if len(labels) == 1 else labels,
     )
+
+
+def reshaped(columns: dict, names, shapes) -> list[np.ndarray]:
+    """The arrays of `names`, flat rows reshaped to `shapes` (None: kept as they are)."""
+    out = []
+    for name, shape in zip(names, shapes):
+        array = columns[name]
+        if shape is not None and len(array):
+            array = array.reshape((len(array), *shape))
+        out.append(array)
+    return out
 
 
 def collect_arrays(df, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -240,13 +302,18 @@ def collect_arrays(df, columns: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def numpy_to_frame(spark, arrays: dict[str, np.ndarray], packed: bool = False):
-    """Builds a DataFrame from numpy arrays: 2-D+ arrays become `array<float>` columns.
+    """Builds a DataFrame from numpy arrays, one column per array.
+
+    1-D arrays become scalar columns (numbers, booleans, strings); 2-D+ arrays become one
+    array per row (`array<float>`; integers, booleans and strings keep their type), flat:
+    the workers reshape rows to the model's input shape.
 
     Args:
         spark: the SparkSession.
         arrays: column name -> array; all arrays have the same number of rows.
-        packed: make 2-D+ arrays binary columns of packed float32 rows instead (see
-            `column_kind`), which Spark hands to Python faster (docs/performance.md).
+        packed: make 2-D+ floating point arrays binary columns of packed float32 rows
+            instead (see `column_kind`), which Spark hands to Python faster
+            (docs/performance.md).
     """
     import pyarrow as pa
 
@@ -256,7 +323,11 @@ def numpy_to_frame(spark, arrays: dict[str, np.ndarray], packed: bool = False):
         if array.ndim == 1:
             columns[name] = pa.array(array)
             continue
-        flat = np.ascontiguousarray(array.reshape(len(array), -1), dtype=PACKED_DTYPE)
+        rows = array.reshape(len(array), -1)
+        if array.dtype.kind in "biuUO":
+            columns[name] = _list_array(np.ascontiguousarray(rows))
+            continue
+        flat = np.ascontiguousarray(rows, dtype=PACKED_DTYPE)
         columns[name] = _packed_array(flat) if packed else _list_array(flat)
     table = pa.table(columns)
     try:
@@ -266,7 +337,7 @@ def numpy_to_frame(spark, arrays: dict[str, np.ndarray], packed: bool = False):
 
 
 def _list_array(matrix: np.ndarray):
-    """A (rows x width) float32 matrix as an Arrow list<float> array, without a per-row loop."""
+    """A (rows x width) matrix as an Arrow list array, without a per-row loop."""
     import pyarrow as pa
 
     rows, width = matrix.shape
@@ -290,21 +361,29 @@ def _packed_array(matrix: np.ndarray):
 
 
 def float_rows(df, column: str):
-    """A numeric column as Spark passes it to Python: `array<float>` for vectors, arrays and
-    numbers (an array of one), and packed binary as it is.
+    """A column as Spark passes it to Python: `array<float>` for vectors, arrays and numbers
+    and booleans (an array of one), integer and string arrays as they are, nested arrays
+    flattened, and packed binary as it is.
     """
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
+    from pyspark.sql import types
 
-    kind = column_kind(df.schema[column].dataType)
+    data_type = df.schema[column].dataType
+    kind = column_kind(data_type)
     col = F.col(f"`{column}`")
     if kind == VECTOR:
         return vector_to_array(col, "float32")
-    if kind == ARRAY:
-        return col.cast("array<float>")
     if kind == PACKED:
         return col
-    return F.array(col.cast("float"))
+    if kind not in (ARRAY, NESTED):
+        return F.array(col.cast("float"))
+    while isinstance(data_type.elementType, types.ArrayType):
+        col, data_type = F.flatten(col), data_type.elementType
+    element = _element_type(data_type)
+    if is_integral(element) or isinstance(element, types.StringType):
+        return col
+    return col.cast("array<float>")
 
 
 def pack_column(df, column: str, output_col: str | None = None):

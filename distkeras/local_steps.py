@@ -26,23 +26,25 @@ class WindowRunner:
         self._run = tf.function(self._steps, reduce_retracing=True)
         self._steps_done = 0
 
-    def _steps(self, x, y):
+    def _steps(self, data):
         tf = self._tf
         size = self.batch_size
-        rows = tf.shape(tf.nest.flatten(x)[0])[0]
+        rows = tf.shape(tf.nest.flatten(data)[0])[0]
         steps = (rows + size - 1) // size
         # The first step runs outside the loop: Keras creates metric and optimizer variables
         # lazily on it, and variables cannot be created inside a while loop.
-        self.model.train_step(tf.nest.map_structure(lambda t: t[:size], (x, y)))
+        self.model.train_step(tf.nest.map_structure(lambda t: t[:size], data))
         for step in tf.range(1, steps):
             start = step * size
-            batch = tf.nest.map_structure(lambda t, s=start: t[s : s + size], (x, y))
+            batch = tf.nest.map_structure(lambda t, s=start: t[s : s + size], data)
             self.model.train_step(batch)
         return steps
 
-    def run(self, x, y) -> int:
-        """Trains on all rows of (x, y), batch by batch; returns the number of steps."""
-        steps = int(self._run(x, y))
+    def run(self, x, y, sample_weight=None) -> int:
+        """Trains on all rows of (x, y), batch by batch, each row's loss weighted by
+        `sample_weight` if given; returns the number of steps."""
+        data = (x, y) if sample_weight is None else (x, y, sample_weight)
+        steps = int(self._run(data))
         self._steps_done += steps
         return steps
 

@@ -1,14 +1,18 @@
 """Shipping Keras models to Spark executors.
 
 ModelSpec holds what rebuilds a model anywhere: its architecture (JSON), its weights
-(numpy arrays) and its compile configuration (JSON). It contains no Keras objects, so
-it travels inside a Spark task closure and never depends on unpickling live objects.
+(numpy arrays) and its compile configuration (JSON); a model whose layers keep assets
+outside their weights (the vocabulary of TextVectorization, StringLookup) also travels as
+its `.keras` archive. It contains no Keras objects, so it travels inside a Spark task
+closure and never depends on unpickling live objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -86,11 +90,13 @@ class ModelSpec:
         architecture: the model's JSON (`model.to_json()`).
         weights: the model's weights, in `model.get_weights()` order.
         compile_config: JSON of the compile arguments (optimizer, loss, metrics, ...).
+        archive: the model's `.keras` file when a layer has assets (vocabularies), else None.
     """
 
     architecture: str
     weights: list[np.ndarray]
     compile_config: str
+    archive: bytes | None = None
 
     @classmethod
     def from_model(cls, model, optimizer=None, loss=None, metrics=None) -> ModelSpec:
@@ -104,7 +110,9 @@ class ModelSpec:
             settings["optimizer"].get_config()
         )
         compile_config = json.dumps(keras.saving.serialize_keras_object(settings))
-        return cls(model.to_json(), [np.asarray(w) for w in model.get_weights()], compile_config)
+        weights = [np.asarray(w) for w in model.get_weights()]
+        archive = _archive(model) if _has_assets(model) else None
+        return cls(model.to_json(), weights, compile_config, archive)
 
     def build(self, custom_objects: dict | None = None, weights=None):
         """Rebuilds the compiled model with these (or the given) weights.
@@ -118,7 +126,10 @@ class ModelSpec:
         """
         keras = _keras()
         with keras.saving.custom_object_scope(custom_objects or {}):
-            model = keras.models.model_from_json(self.architecture)
+            if self.archive is None:
+                model = keras.models.model_from_json(self.architecture)
+            else:
+                model = _from_archive(self.archive)
             model.compile_from_config(json.loads(self.compile_config))
         model.set_weights(self.weights if weights is None else weights)
         return model
@@ -127,3 +138,25 @@ class ModelSpec:
     def num_bytes(self) -> int:
         """Total size of the weights in bytes."""
         return sum(w.nbytes for w in self.weights)
+
+
+def _has_assets(model) -> bool:
+    """True if a layer keeps state outside its weights (`save_assets`, e.g. a vocabulary)."""
+    return any(hasattr(layer, "save_assets") for layer in model._flatten_layers())
+
+
+def _archive(model) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        with open(path, "rb") as file:
+            return file.read()
+
+
+def _from_archive(archive: bytes):
+    keras = _keras()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        with open(path, "wb") as file:
+            file.write(archive)
+        return keras.saving.load_model(path, compile=False)

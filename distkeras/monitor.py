@@ -31,8 +31,8 @@ class TrainingMonitor:
         num_workers: workers in the run.
         epochs: epochs each worker trains.
         verbose: 0 (silent) or 1 (progress bar).
-        validation: optional (x, y) evaluated on the center weights at each epoch end.
-        batch_size: batch size for validation.
+        validation: an optional inputs.ValidationSet, evaluated on the center weights at
+            the ends of the epochs it selects.
         worker_timeout: seconds a worker may stay silent before the run fails.
         first_epoch: the first epoch of this run (a resumed run starts later).
         checkpointer: an optional checkpoint.Checkpointer, asked at every loop turn.
@@ -46,7 +46,6 @@ class TrainingMonitor:
         epochs: int,
         verbose: int = 1,
         validation=None,
-        batch_size: int = 32,
         worker_timeout: float = 600.0,
         first_epoch: int = 0,
         checkpointer=None,
@@ -58,7 +57,6 @@ class TrainingMonitor:
         self.epochs = epochs
         self.verbose = verbose
         self.validation = validation
-        self.batch_size = batch_size
         self.worker_timeout = worker_timeout
         self.reports: queue.Queue = queue.Queue()
         self.rows: dict[int, int] = {}
@@ -181,12 +179,8 @@ class TrainingMonitor:
         logs = mean_logs(self.finished[epoch].values())
         center = self._centers.pop(epoch, None)
         self.model.set_weights(center if center is not None else self.server.get_weights())
-        if self.validation is not None:
-            x, y = self.validation
-            results = self.model.evaluate(
-                x, y, batch_size=self.batch_size, verbose=0, return_dict=True
-            )
-            logs.update({f"val_{name}": float(value) for name, value in results.items()})
+        if self.validation is not None and self.validation.due(epoch):
+            logs.update(self.validation.evaluate(self.model))
         if self._bar is not None:
             self._bar.stateful_metrics.update(logs)
             self._bar.update(self._bar.target, values=list(logs.items()), finalize=True)

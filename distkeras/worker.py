@@ -50,6 +50,9 @@ class WorkerPlan:
             it (`address` is then the one worker 0 shares); None: the server is the driver's.
         on_exchange: called as `on_exchange(worker_id, commits)` after every exchange with
             the server, inside the task (the tests inject faults through it); None: nothing.
+        weight_col: the column of per-row loss weights, or None.
+        class_weight: {class index: weight} multiplying the rows' weights, or None.
+        steps_per_epoch: this worker's batches per epoch, or None for all its rows.
     """
 
     model: ModelSpec
@@ -70,6 +73,20 @@ class WorkerPlan:
     first_epoch: int = 0
     hosted: ServerPlan | None = None
     on_exchange: Callable[[int, int], None] | None = None
+    weight_col: str | None = None
+    class_weight: dict | None = None
+    steps_per_epoch: int | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns this worker reads."""
+        return self.feature_cols + self.label_cols + ([self.weight_col] if self.weight_col else [])
+
+    def epoch_rows(self, rows: int) -> int:
+        """The rows of one epoch: all `rows`, or `steps_per_epoch` batches if fewer."""
+        if self.steps_per_epoch is None:
+            return rows
+        return min(rows, self.steps_per_epoch * self.batch_size)
 
 
 def train_partition(plan: WorkerPlan, batches):
@@ -119,7 +136,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         plan.model, plan.custom_objects, plan.batch_size, lambda m: WindowRunner(m, plan.batch_size)
     )
     growth = PeakGrowth()  # from here on, memory should not grow with the partition
-    with SpillSource(batches, plan.feature_cols + plan.label_cols) as source:
+    with SpillSource(batches, plan.columns) as source:
         summary = _train_epochs(plan, worker_id, model, runner, source)
     return {  # in SUMMARY_SCHEMA's order
         **summary,
@@ -129,13 +146,26 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     }
 
 
+def _model_data(plan: WorkerPlan, columns: dict, model) -> tuple:
+    """(x, y, sample_weight) of some rows, structured as the model takes them."""
+    from distkeras.data import reshaped
+    from distkeras.inputs.arrays import pack
+    from distkeras.inputs.labels import row_weights
+
+    features = reshaped(columns, plan.feature_cols, plan.input_shapes)
+    labels = [columns[name] for name in plan.label_cols]
+    weights = row_weights(
+        labels[0], columns[plan.weight_col] if plan.weight_col else None, plan.class_weight
+    )
+    return pack(model, "inputs", features), pack(model, "outputs", labels), weights
+
+
 def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> dict:
     """Alternates windows of local steps with the algorithm's exchange, epoch after epoch.
 
     A window larger than a piece of the shuffle buffer (e.g. a whole epoch) is trained in
     pieces of whole batches and exchanged once, at its end.
     """
-    from distkeras.data import model_arrays
     from distkeras.parameter_server import Client
 
     algorithm = plan.algorithm
@@ -147,19 +177,27 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
         reference = algorithm.local_weights(client.pull(), worker_id)
         model.set_weights(reference)
         first_epoch = max(plan.first_epoch, client.epoch)  # later in a retried stage
-        client.report(epoch=first_epoch, samples=0, rows=source.rows, logs={})
+        epoch_rows = plan.epoch_rows(source.rows)
+        client.report(epoch=first_epoch, samples=0, rows=epoch_rows, logs={})
         last_report = time.monotonic()
         for epoch in range(first_epoch, plan.num_epoch):
             runner.reset()
             reader = source.epoch(rng if plan.shuffle else None)
             done = in_window = 0
-            while (columns := reader.take(min(piece_rows, window_rows - in_window))) is not None:
-                x, y = model_arrays(columns, plan.feature_cols, plan.label_cols, plan.input_shapes)
-                runner.run(x, y)
+            while (
+                done < epoch_rows
+                and (
+                    columns := reader.take(
+                        min(piece_rows, window_rows - in_window, epoch_rows - done)
+                    )
+                )
+                is not None
+            ):
+                runner.run(*_model_data(plan, columns, model))
                 taken = len(columns[plan.feature_cols[0]])
                 done += taken
                 in_window += taken
-                if in_window < window_rows and reader.remaining:
+                if in_window < window_rows and reader.remaining and done < epoch_rows:
                     continue
                 in_window = 0
                 weights, reference = algorithm.worker_rule(model.get_weights(), reference, client)

@@ -92,3 +92,14 @@ def accuracy(model, x, y) -> float:
     """Share of rows whose argmax prediction equals the label."""
     predictions = model.predict(x, batch_size=512, verbose=0)
     return float(np.mean(np.argmax(predictions, axis=1) == y))
+
+
+def jobs_started(spark, action) -> list[int]:
+    """Runs `action` in a job group and returns the ids of the Spark jobs it started."""
+    group = f"distkeras-test-{id(action)}"
+    spark.sparkContext.setJobGroup(group, "bad input")
+    try:
+        action()
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    return spark.sparkContext.statusTracker().getJobIdsForGroup(group)

@@ -117,7 +117,7 @@ def test_train_and_predict_on_csv_columns(spark, files, tmp_path, capsys):
     output = tmp_path / "trained.keras"
     csv = files / "data.csv"
     code, out, _ = run(
-        ["train", "--data", csv, "--features-col", "a", "b", "c", "d", "--validation", csv]
+        ["train", "--data", csv, "--features-col", "a,b", "c", "d", "--validation", csv]
         + ["--model", files / "model.keras", "--output", output, "--trainer", "downpour"]
         + ["--quiet"],
         capsys,
@@ -135,6 +135,16 @@ def test_train_and_predict_on_csv_columns(spark, files, tmp_path, capsys):
 
     code, _, err = run([*argv, "--output", predictions], capsys)  # exists: refused
     assert code == 2 and "--overwrite" in err
+
+
+def test_features_col_takes_spaces_or_commas():
+    from distkeras.cli import build_parser
+
+    parse = build_parser().parse_args
+    common = ["train", "--data", "d", "--model", "m", "--output", "o.keras"]
+    assert parse([*common, "--features-col", "a,b,c"]).features_col == ["a", "b", "c"]
+    assert parse([*common, "--features-col", "a", "b,c"]).features_col == ["a", "b", "c"]
+    assert parse(common).features_col == ["features"]
 
 
 def bad_inputs(files, tmp):

@@ -18,7 +18,7 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 
 from distkeras import inference
 from distkeras.ml import KerasEstimator, KerasModel, trainer_names
-from tests.conftest import mlp
+from tests.conftest import jobs_started, mlp
 
 
 def dense(input_dim, hidden, units, activation, loss=None, optimizer=None):
@@ -282,17 +282,6 @@ def test_positional_arguments_are_refused():
 # ------------------------------------------------------------------ bad input
 
 
-def _no_job(spark, action):
-    """Runs `action` in a job group and returns the ids of the jobs it started."""
-    group = f"distkeras-test-{id(action)}"
-    spark.sparkContext.setJobGroup(group, "bad input")
-    try:
-        action()
-    finally:
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    return spark.sparkContext.statusTracker().getJobIdsForGroup(group)
-
-
 def test_fit_rejects_bad_input_before_any_job(spark, tiny):
     model = dense(4, (), 2, "softmax", "sparse_categorical_crossentropy")
     text = tiny.selectExpr("CAST(features AS STRING) AS features", "label")
@@ -313,7 +302,7 @@ def test_fit_rejects_bad_input_before_any_job(spark, tiny):
         with pytest.raises(ValueError, match="not compiled"):
             KerasEstimator(model=dense(4, (), 2, "softmax")).fit(tiny)
 
-    assert _no_job(spark, bad_fits) == []
+    assert jobs_started(spark, bad_fits) == []
 
 
 def test_fit_names_the_column_of_a_wrong_width(tiny):
@@ -331,7 +320,7 @@ def test_transform_rejects_bad_input_before_any_job(spark, tiny):
         with pytest.raises(ValueError, match="Feature column `features` has 3 values"):
             stage.transform(vectors)
 
-    assert _no_job(spark, wrong_width) == []  # the width comes from the vector's metadata
+    assert jobs_started(spark, wrong_width) == []  # the width comes from the vector's metadata
     with pytest.raises(ValueError, match="`pixels`.*featuresCol"):
         stage.copy({stage.featuresCol: "pixels"}).transform(tiny)
     with pytest.raises(TypeError, match="`features`.*numeric"):

@@ -36,6 +36,8 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
             downpour, dynsgd, aeasgd, eamsgd, easgd, averaging).
         featuresCol: feature column: an ML Vector, an array of numbers or a number.
         labelCol: label column: a class index, a number or a vector (one-hot, targets).
+        weightCol: a column of per-row loss weights (Keras' `sample_weight`); unset or ""
+            weighs every row 1.
         predictionCol: the KerasModel's prediction column (a double).
         outputCol: the KerasModel's output column (the model's output, an ML DenseVector).
         rawPredictionCol: the KerasModel's per-class scores column (classifiers).
@@ -59,6 +61,7 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
         trainer: str = DEFAULT_TRAINER,
         featuresCol: str = "features",
         labelCol: str = "label",
+        weightCol: str | None = None,
         predictionCol: str = "prediction",
         outputCol: str = "output",
         rawPredictionCol: str = "rawPrediction",
@@ -83,6 +86,7 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
         trainer: str | None = None,
         featuresCol: str | None = None,
         labelCol: str | None = None,
+        weightCol: str | None = None,
         predictionCol: str | None = None,
         outputCol: str | None = None,
         rawPredictionCol: str | None = None,
@@ -104,13 +108,17 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
         params = self.getTrainerParams()
         registry.check_trainer_params(name, params)
         features, label = self.getFeaturesCol(), self.getLabelCol()
-        data.check_columns(dataset, [features], "featuresCol")
+        data.check_columns(dataset, [features], "featuresCol", strings=True)
         data.check_columns(dataset, [label], "labelCol")
+        weight = self.getSampleWeightCol()
+        if weight is not None:
+            data.check_columns(dataset, [weight], "weightCol")
         model = self._fresh_model()
         kwargs = dict(
             params,
             features_col=features,
             label_col=label,
+            sample_weight_col=weight,
             batch_size=self.getBatchSize(),
             num_epoch=self.getEpochs(),
         )

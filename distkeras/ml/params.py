@@ -17,6 +17,7 @@ from pyspark.ml.param.shared import (
     HasOutputCol,
     HasPredictionCol,
     HasRawPredictionCol,
+    HasWeightCol,
 )
 
 from distkeras import validation
@@ -154,7 +155,7 @@ class KerasModelParams(
         return self._set(inferenceBatchSize=value)
 
 
-class KerasEstimatorParams(KerasModelParams, HasLabelCol):
+class KerasEstimatorParams(KerasModelParams, HasLabelCol, HasWeightCol):
     """Params of training, in addition to those of inference."""
 
     trainer = Param(
@@ -222,6 +223,16 @@ class KerasEstimatorParams(KerasModelParams, HasLabelCol):
             epochs=1,
             verbose=0,
         )
+
+    def getSampleWeightCol(self) -> str | None:
+        """The weight column (Spark's `weightCol`), None if unset or empty."""
+        if not self.isDefined(self.weightCol):
+            return None
+        return self.getOrDefault(self.weightCol) or None
+
+    def setWeightCol(self, value: str):
+        """Sets the column of per-row loss weights (Keras' `sample_weight`); "" for none."""
+        return self._set(weightCol=value)
 
     def getTrainer(self) -> str:
         """The trainer's name."""

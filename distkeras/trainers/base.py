@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
-
-from distkeras import data, placement, validation, warmup
+from distkeras import data, inputs, placement, validation, warmup
 from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
 from distkeras.checkpoint import Checkpointer, load_checkpoint
+from distkeras.inputs import arrays, labels
+from distkeras.inputs.options import FitOptions
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
 from distkeras.monitor import STARTUP_GRACE, TrainingMonitor
 from distkeras.spark import client_host, task_cpus, task_max_failures, task_slots
@@ -25,8 +25,6 @@ from distkeras.spark_job import SparkJob
 from distkeras.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
 
 logger = logging.getLogger(__name__)
-
-_X_COLUMN, _Y_COLUMN = "__distkeras_x{}", "__distkeras_y{}"
 
 
 class Trainer:
@@ -40,6 +38,8 @@ class Trainer:
         metrics: metrics; None: the model's.
         features_col: feature column, or a list of them for a model with several inputs.
         label_col: label column, or a list of them for a model with several outputs.
+        sample_weight_col: a column of per-row loss weights (Keras' `sample_weight`), or
+            None.
         batch_size: rows per local step.
         num_epoch: passes over the data.
         num_workers: parallel workers (Spark tasks, all running at once).
@@ -90,6 +90,7 @@ class Trainer:
         checkpoint_dir: str | None = None,
         checkpoint_interval: float = 600.0,
         resume_from: str | None = None,
+        sample_weight_col: str | None = None,
         **parameters,
     ):
         if self.spec is None:
@@ -105,6 +106,12 @@ class Trainer:
         compile_settings(self.model, worker_optimizer, loss, metrics)  # fail early
         self.features_col = validation.column_list("features_col", features_col)
         self.label_col = validation.column_list("label_col", label_col)
+        if sample_weight_col is not None and not isinstance(sample_weight_col, str):
+            raise TypeError(
+                "Expected `sample_weight_col` to be a column name. Received: "
+                f"sample_weight_col={sample_weight_col!r}"
+            )
+        self.sample_weight_col = sample_weight_col
         self.batch_size = validation.positive_int("batch_size", batch_size)
         self.num_epoch = validation.positive_int("num_epoch", num_epoch)
         self.num_workers = validation.positive_int("num_workers", num_workers)
@@ -160,56 +167,105 @@ class Trainer:
         """Trains on `dataframe` and returns the compiled model with the trained weights.
 
         Args:
-            dataframe: a Spark DataFrame with the feature and label columns.
+            dataframe: a Spark DataFrame with the feature and label columns (and the
+                `sample_weight_col`, if set).
             shuffle: shuffle each worker's rows at every epoch.
             verbose: 0 for silence, 1 or "auto" for a progress bar.
         """
-        self._run(dataframe, self.num_epoch, self.batch_size, None, None, verbose, shuffle)
+        if not inputs.is_dataframe(dataframe):
+            raise TypeError(
+                "Expected a Spark DataFrame. Received: dataframe of type "
+                f"{type(dataframe).__name__}"
+            )
+        self.fit(dataframe, epochs=self.num_epoch, verbose=verbose, shuffle=shuffle)
         return self.model
 
     def fit(
         self,
-        x,
+        x=None,
         y=None,
-        epochs: int | None = None,
         batch_size: int | None = None,
-        validation_data=None,
-        callbacks=None,
+        epochs: int | None = None,
         verbose="auto",
+        callbacks=None,
+        validation_split: float = 0.0,
+        validation_data=None,
         shuffle: bool = True,
+        class_weight: dict | None = None,
+        sample_weight=None,
+        initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_batch_size: int | None = None,
+        validation_freq=1,
     ):
-        """Trains like `keras.Model.fit` and returns the `History`.
+        """Trains like `keras.Model.fit`, with the same arguments, and returns the `History`.
+
+        Every argument means what it means in Keras; where a distributed run adds to the
+        meaning, it says so (docs/keras_compatibility.md lists every argument and form).
 
         Args:
-            x: a Spark DataFrame (columns from `features_col`/`label_col`; `y` must be None),
-                or numpy features (a list of arrays for several inputs).
-            y: numpy labels (a list of arrays for several outputs) when `x` is numpy.
-            epochs: passes over the data; None: `num_epoch`.
-            batch_size: rows per step; None: the trainer's.
-            validation_data: `(x_val, y_val)` numpy arrays or a DataFrame, evaluated on the
-                center weights at each epoch end and logged as `val_*`.
-            callbacks: Keras callbacks.
+            x: a Spark DataFrame (columns from `features_col`, `label_col` and
+                `sample_weight_col`); or what `keras.Model.fit` takes: numpy arrays,
+                tensors, lists, dicts keyed by input names, pandas, a finite
+                `tf.data.Dataset` or `keras.utils.PyDataset` or generator yielding
+                `(x, y)` or `(x, y, sample_weight)`. In-memory data is read once on the
+                driver and spread over the workers.
+            y: labels (arrays, a list, or a dict keyed by output names) when `x` holds
+                only features.
+            batch_size: rows per local step on each worker; None: a dataset's own batch
+                size, else the trainer's.
+            epochs: the epoch to stop at; None: the trainer's `num_epoch`.
             verbose: 0, 1 or "auto".
+            callbacks: Keras callbacks.
+            validation_split: share of the last rows of in-memory data held out for
+                validation, as Keras does (not for DataFrames, which have no order).
+            validation_data: `(x_val, y_val)`, `(x_val, y_val, val_sample_weight)`, a
+                dataset or a DataFrame, evaluated on the center weights at epoch ends and
+                logged as `val_*`; it overrides `validation_split`.
             shuffle: shuffle each worker's rows at every epoch.
+            class_weight: {class index: weight}, multiplying each row's loss weight (one
+                output only).
+            sample_weight: one weight per row of in-memory data.
+            initial_epoch: the epoch to start at (to resume an earlier run).
+            steps_per_epoch: batches per epoch over all workers together: each worker runs
+                `ceil(steps_per_epoch / num_workers)` batches of its partition (fewer if
+                its partition runs out). For a dataset, also the batches read from it.
+            validation_steps: batches of validation data per evaluation; None: all.
+            validation_batch_size: rows per validation batch; None: `batch_size`.
+            validation_freq: validate every n epochs (an int), or after the listed
+                1-based epochs.
         """
-        epochs = self.num_epoch if epochs is None else validation.positive_int("epochs", epochs)
-        batch_size = (
-            self.batch_size
-            if batch_size is None
-            else validation.positive_int("batch_size", batch_size)
+        options = FitOptions(
+            epochs=self.num_epoch if epochs is None else epochs,
+            batch_size=batch_size,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            shuffle=shuffle,
+            validation_split=validation_split,
+            validation_steps=validation_steps,
+            validation_batch_size=validation_batch_size,
+            validation_freq=validation_freq,
         )
-        spark = self._spark()
-        if _is_dataframe(x):
-            if y is not None:
-                raise TypeError(
-                    "When `x` is a DataFrame the labels come from `label_col`; `y` must be None. "
-                    f"Received: y of type {type(y).__name__}"
-                )
-            df, features, labels = x, self.features_col, self.label_col
-        else:
-            df, features, labels = self._numpy_frame(spark, x, y)
-        val = self._validation_arrays(validation_data)
-        self._run(df, epochs, batch_size, val, callbacks, verbose, shuffle, features, labels)
+        if x is None:
+            raise ValueError("`x` is required: the training data. Received: x=None")
+        weights_by_class = labels.check_class_weight(
+            class_weight, len(arrays.output_names(self.model) or [None])
+        )
+        fit_inputs = inputs.prepare(
+            self.model,
+            x,
+            y,
+            sample_weight,
+            options=options,
+            validation_data=validation_data,
+            loss=compile_settings(self.model, self.worker_optimizer, self.loss)["loss"],
+            features_col=self.features_col,
+            label_col=self.label_col,
+            sample_weight_col=self.sample_weight_col,
+            spark=self._spark_for_arrays,
+        )
+        self._run(fit_inputs, options, callbacks, verbose, weights_by_class)
         return self.history
 
     def get_training_time(self) -> float:
@@ -223,68 +279,19 @@ class Trainer:
 
         return get_spark_session()
 
-    def _numpy_frame(self, spark, x, y):
-        if y is None:
-            raise ValueError("`y` is required when `x` is a numpy array. Received: y=None")
-        xs = list(x) if isinstance(x, (list, tuple)) else [x]
-        ys = list(y) if isinstance(y, (list, tuple)) else [y]
-        arrays = {}
-        for names, values, argument in ((_X_COLUMN, xs, "x"), (_Y_COLUMN, ys, "y")):
-            for i, value in enumerate(values):
-                value = np.asarray(value)
-                if value.dtype.kind not in "biuf":
-                    raise TypeError(
-                        f"Expected `{argument}` to hold numbers. Received: {argument} of dtype "
-                        f"{value.dtype}"
-                    )
-                arrays[names.format(i)] = value
-        lengths = {len(a) for a in arrays.values()}
-        if len(lengths) != 1:
-            raise ValueError(
-                f"`x` and `y` must have the same number of rows. Received: {sorted(lengths)}"
-            )
-        self._imports = warmup.start_imports(spark, self.num_workers)  # inputs are valid
-        df = data.numpy_to_frame(spark, arrays, packed=True)
-        return (
-            df,
-            [_X_COLUMN.format(i) for i in range(len(xs))],
-            [_Y_COLUMN.format(i) for i in range(len(ys))],
-        )
+    def _spark_for_arrays(self):
+        """The session that in-memory inputs travel through, once they are checked: the
+        executors start importing Keras while the driver converts the data."""
+        spark = self._spark()
+        self._imports = warmup.start_imports(spark, self.num_workers)
+        return spark
 
-    def _validation_arrays(self, validation_data):
-        if validation_data is None:
-            return None
-        if _is_dataframe(validation_data):
-            columns = self.features_col + self.label_col
-            data.check_columns(validation_data, columns, "validation_data")
-            arrays = data.collect_arrays(validation_data, columns)
-            return data.model_arrays(
-                arrays, self.features_col, self.label_col, self._reshape_targets()
-            )
-        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            return tuple(validation_data)
-        raise TypeError(
-            "Expected `validation_data` to be (x_val, y_val) or a DataFrame. "
-            f"Received: validation_data of type {type(validation_data).__name__}"
-        )
-
-    def _reshape_targets(self) -> list:
-        shapes = validation.model_input_shapes(self.model)
-        if shapes is None:
-            return [None] * len(self.features_col)
-        return [
-            tuple(s[1:]) if len(s) > 2 and validation.flat_size(s) is not None else None
-            for s in shapes
-        ]
-
-    def _check_input(self, df, features, labels) -> None:
-        data.check_columns(df, features, "features_col")
-        data.check_columns(df, labels, "label_col")
-        widths = data.sample_widths(df, features + labels)
+    def _check_input(self, train: inputs.TrainingColumns) -> None:
+        widths = data.sample_widths(train.frame, train.features + train.labels)
         validation.check_fit(
             self.model,
-            {c: widths[c] for c in features},
-            {c: widths[c] for c in labels},
+            {c: widths[c] for c in train.features},
+            {c: widths[c] for c in train.labels},
         )
 
     def _check_slots(self, spark) -> int:
@@ -311,20 +318,15 @@ class Trainer:
         return frame.repartition(self.num_workers)
 
     def _run(
-        self, df, epochs, batch_size, val, callbacks, verbose, shuffle, features=None, labels=None
-    ):
+        self, fit_inputs: inputs.FitInputs, options: FitOptions, callbacks, verbose, class_weight
+    ) -> None:
         import keras
 
         from distkeras.parameter_server import ParameterServer
 
-        if not _is_dataframe(df):
-            raise TypeError(
-                f"Expected a Spark DataFrame. Received: dataframe of type {type(df).__name__}"
-            )
-        features = features or self.features_col
-        labels = labels or self.label_col
-        self._check_input(df, features, labels)
-        spark = df.sparkSession
+        train = fit_inputs.train
+        self._check_input(train)
+        spark = train.frame.sparkSession
         threads = self._check_slots(spark)
         imports, self._imports = (
             self._imports or warmup.start_imports(spark, self.num_workers),
@@ -332,10 +334,13 @@ class Trainer:
         )
         algorithm = self.algorithm()
         model = self._driver_model()
-        first_epoch = 0
+        epochs = options.epochs
+        batch_size = options.batch_size or fit_inputs.batch_size or self.batch_size
+        first_epoch = options.initial_epoch
         if self.resume_from is not None:
-            first_epoch = int(load_checkpoint(self.resume_from, model)["epoch"])
-            logger.info("resuming from %s after epoch %d", self.resume_from, first_epoch)
+            resumed = int(load_checkpoint(self.resume_from, model)["epoch"])
+            logger.info("resuming from %s after epoch %d", self.resume_from, resumed)
+            first_epoch = max(first_epoch, resumed)
         checkpointer = (
             Checkpointer(self.checkpoint_dir, self.checkpoint_interval)
             if self.checkpoint_dir
@@ -351,15 +356,14 @@ class Trainer:
         callback_list = keras.callbacks.CallbackList(
             callbacks, add_history=True, model=model, epochs=epochs, verbose=verbose
         )
-        frame = self._partition(data.columnar_frame(df, features + labels))
+        frame = self._partition(data.columnar_frame(train.frame, train.columns))
         monitor = TrainingMonitor(
             model,
             callback_list,
             self.num_workers,
             epochs,
             verbose=verbose,
-            validation=val,
-            batch_size=batch_size,
+            validation=fit_inputs.validation,
             worker_timeout=self.worker_timeout,
             first_epoch=first_epoch,
             checkpointer=checkpointer,
@@ -404,12 +408,15 @@ class Trainer:
                 algorithm=algorithm,
                 address=server.address,
                 secret=server.secret,
-                feature_cols=features,
-                label_cols=labels,
-                input_shapes=self._reshape_targets(),
+                feature_cols=train.features,
+                label_cols=train.labels,
+                input_shapes=inputs.row_shapes(self.model) or [None] * len(train.features),
                 batch_size=batch_size,
                 num_epoch=epochs,
-                shuffle=shuffle,
+                shuffle=options.shuffle,
+                weight_col=train.sample_weight,
+                class_weight=class_weight,
+                steps_per_epoch=options.worker_steps(self.num_workers),
                 seed=self.seed,
                 timeout=round_timeout + 60.0,
                 threads=threads,
@@ -443,10 +450,3 @@ class Trainer:
             server.stop()
         callback_list.on_train_end(monitor.epoch_logs)
         self.history = model.history
-        return model
-
-
-def _is_dataframe(value) -> bool:
-    from pyspark.sql import DataFrame
-
-    return isinstance(value, DataFrame)

@@ -1,0 +1,134 @@
+"""Each argument of `fit` has its Keras effect in a distributed run; bad data fails early.
+
+Small models, one or two workers, a few hundred rows: each test shows an effect (weights
+left unchanged, epochs trained, validation rows held out), not only acceptance.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from distkeras import inputs
+from distkeras.inputs import FitOptions
+from distkeras.ml import KerasEstimator
+from distkeras.trainers import ADAG, SingleTrainer
+from tests.conftest import jobs_started
+
+
+def small_model(classes=3):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(classes, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def rows():
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 4), dtype=np.float32)
+    return x, (x[:, 0] * 3).astype("int64").clip(0, 2)
+
+
+def unchanged(before, model) -> bool:
+    return all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+@pytest.mark.parametrize(
+    "zero, some",
+    [
+        ({"sample_weight": np.zeros(200)}, {"sample_weight": np.ones(200)}),
+        ({"class_weight": {0: 0.0, 1: 0.0, 2: 0.0}}, {"class_weight": {0: 1.0, 1: 0.0}}),
+    ],
+    ids=["sample_weight", "class_weight"],
+)
+def test_zero_weights_leave_the_model_unchanged(spark, rows, zero, some):
+    x, y = rows
+    model = small_model()
+    before = model.get_weights()
+    ADAG(model, num_workers=2).fit(x, y, epochs=1, verbose=0, **zero)
+    assert unchanged(before, model)
+    SingleTrainer(model).fit(x, y, epochs=1, verbose=0, **some)  # weighted rows: it trains
+    assert not unchanged(before, model)
+
+
+def test_initial_epoch_and_validation_freq(spark, rows):
+    x, y = rows
+    trainer = SingleTrainer(small_model())
+    history = trainer.fit(
+        x, y, epochs=5, initial_epoch=3, validation_data=(x[:20], y[:20]), validation_freq=2
+    )
+    assert history.epoch == [3, 4]  # two epochs, numbered as in Keras
+    assert len(history.history["loss"]) == 2
+    assert len(history.history["val_loss"]) == 1  # after epoch 4 (1-based), not 5
+
+
+def test_steps_per_epoch_is_shared_by_the_workers(spark, rows):
+    x, y = rows
+    trainer = ADAG(small_model(), num_workers=2)
+    trainer.fit(x, y, batch_size=8, epochs=2, steps_per_epoch=4, shuffle=False, verbose=0)
+    assert sorted(s["samples"] for s in trainer.worker_summaries) == [32, 32]  # 2 x 2 x 8
+
+
+def test_validation_split_holds_out_the_last_tenth(spark, rows):
+    x, y = rows
+    prepared = inputs.prepare(
+        small_model(), x, y, options=FitOptions(epochs=1, validation_split=0.1), spark=lambda: spark
+    )
+    np.testing.assert_array_equal(prepared.validation.y, y[180:])
+    assert prepared.train.frame.count() == 180
+
+
+def test_validation_steps_and_batch_size():
+    x, y = np.random.default_rng(1).random((10, 4)), np.arange(10) % 3
+    model = small_model()
+    validation = inputs.ValidationSet(x, y, batch_size=2, steps=1)
+    first_batch = model.evaluate(x[:2], y[:2], verbose=0, return_dict=True)
+    assert validation.evaluate(model)["val_loss"] == pytest.approx(first_batch["loss"])
+
+
+def test_dataframe_weights_column_and_estimator_weight_col(spark, rows):
+    from distkeras.data import numpy_to_frame
+
+    x, y = rows
+    frame = numpy_to_frame(spark, {"features": x, "label": y, "w": np.zeros(200)})
+    model = small_model()
+    before = model.get_weights()
+    SingleTrainer(model, sample_weight_col="w").train(frame)
+    assert unchanged(before, model)
+    fitted = KerasEstimator(model=model, trainer="single", weightCol="w").fit(frame)
+    assert unchanged(before, fitted.getModel())
+
+
+def test_bad_data_is_refused_before_any_spark_job(spark, rows):
+    x, y = rows
+    trainer = ADAG(small_model(), num_workers=2)
+    cases = {
+        "class indices from 0 to 3.*3 classes.*indices 0 to 2": (x, np.append(y[:-1], 3)),
+        "`y` has 1 NaN": (x, np.append(y[:-1], np.nan)),
+        "`x` has keys.*unknown": ({"pixels": x}, y),
+        "infinite dataset": (tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat(), None),
+        "`x` has rows of different lengths": ([[0.1] * 4] * 199 + [[0.1] * 3], y),
+        "`validation_data y` holds class indices from 0 to 9": (x, y),
+    }
+
+    def bad_fits():
+        for message, (features, labels) in cases.items():
+            validation = (x[:10], np.arange(10)) if "validation_data" in message else None
+            with pytest.raises(ValueError, match=message):
+                trainer.fit(features, labels, validation_data=validation, verbose=0)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'validation_splt'"):
+            trainer.fit(x, y, validation_splt=0.1)
+
+    assert jobs_started(spark, bad_fits) == []
+
+
+def test_dataframe_labels_are_checked_by_one_aggregate(spark):
+    df = spark.createDataFrame([([0.1] * 4, 1), ([0.2] * 4, 7)], ["features", "label"])
+    with pytest.raises(ValueError, match="Label column `label`.*from 1 to 7.*indices 0 to 2"):
+        SingleTrainer(small_model()).train(df)
+    with pytest.raises(ValueError, match="validation_split.*randomSplit"):
+        SingleTrainer(small_model()).fit(df, validation_split=0.1)
+    with pytest.raises(TypeError, match="sample_weight_col"):
+        SingleTrainer(small_model()).fit(df, sample_weight=np.ones(2))
