@@ -57,10 +57,10 @@ def test_counts_must_be_positive(argument, value):
 
 
 def test_num_workers_must_be_positive():
-    from distkeras.trainers import Trainer
+    from distkeras.trainers import ADAG
 
     with pytest.raises(ValueError, match="num_workers=0"):
-        Trainer(mlp(), num_workers=0)
+        ADAG(mlp(), num_workers=0)
 
 
 def test_counts_must_be_ints():
