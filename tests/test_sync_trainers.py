@@ -75,3 +75,10 @@ def test_ensemble_train_returns_the_members(mnist_frames):
     assert [m.name for m in members] == ["member_0", "member_1"]
     with pytest.raises(TypeError, match="num_ensembles"):
         trainers.EnsembleTrainer(mlp(), num_workers=2)
+
+
+def test_a_frame_with_one_partition_per_worker_is_not_shuffled(spark):
+    trainer = trainers.DOWNPOUR(mlp(hidden=(8,)), num_workers=2)
+    frame = spark.range(0, 10, 1, 2)
+    assert trainer._partition(frame) is frame
+    assert trainer._partition(spark.range(0, 10, 1, 3)).rdd.getNumPartitions() == 2

@@ -314,7 +314,10 @@ class Trainer:
         return self.model
 
     def _partition(self, frame):
-        """Spreads the rows over one partition per worker."""
+        """Spreads the rows over one partition per worker; a frame that already has
+        `num_workers` partitions is used as it is (no shuffle)."""
+        if _num_partitions(frame) == self.num_workers:
+            return frame
         return frame.repartition(self.num_workers)
 
     def _run(
@@ -450,3 +453,10 @@ class Trainer:
             server.stop()
         callback_list.on_train_end(monitor.epoch_logs)
         self.history = model.history
+
+
+def _num_partitions(frame) -> int | None:
+    try:
+        return frame.rdd.getNumPartitions()
+    except Exception:  # Spark Connect has no RDDs: the count is unknown
+        return None
