@@ -5,7 +5,8 @@ shared: read ratios, not absolute times):
 
 - spill: the benchmark workload (train_bench's MLP 784-256-128-10 on MNIST, batch 32,
   windows of 12 steps), one worker's half of the rows: epoch time fed from memory
-  (ArraySource) and from the spill file (SpillSource), alternating; then test accuracy
+  (ArraySource) and from the spill file (SpillSource), alternating, and the time to take
+  an epoch's windows from each without training (the data path's own cost); then test accuracy
   after `--epochs` epochs with the exact shuffle and with the block shuffle whose buffer
   holds 1/8 of the rows, on rows as stored and on rows sorted by label (the worst case).
 - memory: one worker (SingleTrainer on local[2]) on partitions of 100 MB, 300 MB, 627 MB
@@ -69,6 +70,15 @@ def train_epochs(model, source, epochs: int, rng) -> float:
     return (time.perf_counter() - started) / epochs
 
 
+def read_epoch(source, rng) -> float:
+    """Seconds to take one epoch's windows from `source` without training on them."""
+    started = time.perf_counter()
+    reader = source.epoch(rng)
+    while reader.take(WINDOW * 32) is not None:
+        pass
+    return time.perf_counter() - started
+
+
 def part_spill(args) -> None:
     from distkeras.datasets import load_mnist
     from distkeras.row_source import ArraySource, SpillSource
@@ -80,16 +90,27 @@ def part_spill(args) -> None:
 
     memory = ArraySource({"features": x, "label": y})
     with SpillSource(arrow_batches(x, y), ["features", "label"]) as spill:
+        sources = (("memory", memory), ("spill", spill))
         model = mlp()
-        train_epochs(model, memory, 1, np.random.default_rng(0))  # trace the steps once
+        for _, source in sources:  # trace the steps for each source's dtypes once
+            train_epochs(model, source, 1, np.random.default_rng(0))
         times = {"memory": [], "spill": []}
+        reads = {"memory": [], "spill": []}
         for _ in range(args.repeat):  # alternate: the same noise for both
-            for name, source in (("memory", memory), ("spill", spill)):
+            for name, source in sources:
                 times[name].append(train_epochs(model, source, 1, np.random.default_rng(1)))
+                reads[name].append(read_epoch(source, np.random.default_rng(1)))
         best = {name: min(values) for name, values in times.items()}
-        print(f"{'source':<8} {'s/epoch (best of ' + str(args.repeat) + ')':>24} {'speed':>7}")
+        read = {name: min(values) for name, values in reads.items()}
+        print(
+            f"{'source':<8} {'s/epoch':>8} {'speed':>7} {'data only, ms/epoch':>20} "
+            f"(best of {args.repeat})"
+        )
         for name in ("memory", "spill"):
-            print(f"{name:<8} {best[name]:>24.2f} {best['memory'] / best[name]:>6.2f}x")
+            print(
+                f"{name:<8} {best[name]:>8.2f} {best['memory'] / best[name]:>6.2f}x "
+                f"{read[name] * 1000:>20.1f}"
+            )
         print(f"spill file: {spill.nbytes / x.nbytes:.3f}x the feature bytes")
 
     sorted_rows = np.argsort(y, kind="stable")
