@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-col", default="label", metavar="COL", help="label column (default: label)"
     )
     train.add_argument(
+        "--sample-weight-col",
+        metavar="COL",
+        help="a column of per-row loss weights (Keras' sample_weight); default: none",
+    )
+    train.add_argument(
         "--trainer",
         choices=registry.names(),
         default=registry.DEFAULT,
@@ -305,6 +310,7 @@ def _make_trainer(args, model, features):
     options = {
         "features_col": features,
         "label_col": args.label_col,
+        "sample_weight_col": args.sample_weight_col,
         "batch_size": args.batch_size,
         "num_epoch": args.epochs,
         "seed": args.seed,

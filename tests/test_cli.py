@@ -163,6 +163,8 @@ def bad_inputs(files, tmp):
         "output folder": ([*train[:-1], tmp / "no" / "o.keras"], "folder does not exist"),
         "missing column": ([*train, "--features-col", "zz"], "no column zz"),
         "missing label": ([*train, "--label-col", "zz"], "no column zz"),
+        "missing weight": ([*train, "--sample-weight-col", "zz"],
+                           "`zz` (from `sample_weight_col`)"),
         "csv as parquet": ([*train[:2], files / "data.csv", *train[3:], "--format", "parquet"],
                            "cannot read"),
         "window for single": ([*train, "--trainer", "single", "--communication-window", "4"],

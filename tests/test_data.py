@@ -39,6 +39,29 @@ def test_columnar_frame_types(spark):
     assert dict(columnar_frame(packed, ["p"]).dtypes) == {"p": "binary"}
 
 
+def test_strings_token_ids_booleans_and_nested_images_keep_their_meaning(spark):
+    df = spark.createDataFrame(
+        [("good film", [3, 9], True, [[0.5, 1.0], [0.0, 0.25]])],
+        "text string, tokens array<long>, flag boolean, image array<array<double>>",
+    )
+    columns = ["text", "tokens", "flag", "image"]
+    assert dict(columnar_frame(df, columns).dtypes) == {
+        "text": "string",
+        "tokens": "array<bigint>",
+        "flag": "float",
+        "image": "array<float>",
+    }
+    got = collect_arrays(df, columns)
+    assert got["text"].dtype == object and got["text"][0] == "good film"  # as Keras takes it
+    assert got["tokens"].dtype == np.int64 and got["tokens"].tolist() == [[3, 9]]
+    np.testing.assert_array_equal(got["flag"], [1.0])
+    np.testing.assert_array_equal(got["image"], [[0.5, 1.0, 0.0, 0.25]])  # flat, row-major
+    round_trip = numpy_to_frame(
+        spark, {"t": np.array([["a", "b"]], object), "i": np.array([[1, 2]], np.int32)}
+    )
+    assert dict(round_trip.dtypes) == {"t": "array<string>", "i": "array<int>"}
+
+
 def test_rows_of_unequal_width_are_named():
     batch = pa.RecordBatch.from_pydict({"f": [[1.0, 2.0], [3.0]]})
     with pytest.raises(ValueError, match="`f` has rows of unequal width"):

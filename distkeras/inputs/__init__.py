@@ -88,11 +88,16 @@ def prepare(
 
     Args:
         model: the Keras model.
-        x, y, sample_weight: as `keras.Model.fit` takes them, or a Spark DataFrame `x`
-            whose columns `features_col`, `label_col` and `sample_weight_col` are read.
+        x: as `keras.Model.fit` takes it, or a Spark DataFrame whose columns
+            `features_col`, `label_col` and `sample_weight_col` are read.
+        y: labels when `x` holds only features.
+        sample_weight: one weight per row when `x` holds only features.
         options: the checked arguments of `fit`.
         validation_data: `(x, y)`, `(x, y, sample_weight)`, a dataset or a DataFrame.
         loss: the loss the model trains with (for the label range check).
+        features_col: the feature columns of a DataFrame `x`.
+        label_col: the label columns of a DataFrame `x`.
+        sample_weight_col: the weight column of a DataFrame `x`, or None.
         spark: a callable returning the SparkSession, called only for in-memory inputs.
 
     Raises:
