@@ -75,13 +75,13 @@ def test_predictor_takes_ml_vectors_and_reshapes_to_the_input(spark, mnist):
     np.testing.assert_allclose(vectors(out, "probs"), expected, atol=1e-6)
 
 
-def test_predictor_with_two_inputs(spark):
+def test_predictor_with_two_inputs(session):
     a_in, b_in = keras.Input((3,), name="a"), keras.Input((2,), name="b")
     joined = keras.layers.Concatenate()([a_in, b_in])
     model = keras.Model([a_in, b_in], keras.layers.Dense(1)(joined))
     rng = np.random.default_rng(1)
     a, b = rng.random((40, 3), np.float32), rng.random((40, 2), np.float32)
-    df = numpy_to_frame(spark, {"a": a, "b": b})
+    df = numpy_to_frame(session, {"a": a, "b": b})
     out = ModelPredictor(model, features_col=["a", "b"], output_col="y").predict(df)
     np.testing.assert_allclose(vectors(out, "y"), model.predict([a, b], verbose=0), atol=1e-6)
 
@@ -196,11 +196,11 @@ def test_predictor_bad_input(small, spark):
         ModelPredictor(two).predict(df)
 
 
-def test_a_width_change_inside_the_data_names_the_column(spark):
+def test_a_width_change_inside_the_data_names_the_column(session):
     """Rows of another width after the first one fail in the executor, naming the column."""
     from pyspark.errors import PythonException
 
-    df = spark.createDataFrame([([1.0] * 12,)] + [([1.0] * 5,)] * 3, "features array<float>")
+    df = session.createDataFrame([([1.0] * 12,)] + [([1.0] * 5,)] * 3, "features array<float>")
     with pytest.raises(PythonException, match="`features`"):
         ModelPredictor(classifier()).predict(df.coalesce(1)).collect()
 

@@ -41,6 +41,7 @@ class Recorder(keras.callbacks.Callback):
         self.calls.append(("train_end", None))
 
 
+@pytest.mark.usefixtures("session")  # fit(x, y) trains on the active session: classic, Connect
 def test_fit_numpy_like_keras(mnist, tmp_path):
     (x, y), (x_test, y_test) = mnist
     x, y = x[:1500], y[:1500]
