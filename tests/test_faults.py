@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from distkeras import trainers
-from distkeras.checkpoint import STATE_FILE, WEIGHTS_FILE
+from distkeras.checkpoint import MANIFEST_FILE
 from distkeras.errors import WorkerError
 from distkeras.parameter_server import Client, ParameterServer
 from distkeras.trainers import base as trainers_base
@@ -104,8 +104,8 @@ def test_ctrl_c_stops_quickly_and_keeps_the_weights(tmp_path):
     assert result["ended"] - signalled < 15
     assert result["port_free"], result
     assert result["weights_finite"] and result["updates"] > 0, result
-    state = json.loads((checkpoints / STATE_FILE).read_text())
-    assert state["epoch"] >= 2 and (checkpoints / WEIGHTS_FILE).exists()
+    state = json.loads((checkpoints / MANIFEST_FILE).read_text())
+    assert state["epoch"] >= 2 and (checkpoints / state["weights"]).exists()
 
 
 class InterruptAfter(keras.callbacks.Callback):
@@ -127,7 +127,7 @@ def test_interrupted_run_resumes_to_the_same_accuracy(mnist, tmp_path):
     first = trainers.DOWNPOUR(mlp(), num_workers=2, checkpoint_dir=folder, seed=5)
     with pytest.raises(KeyboardInterrupt):
         first.fit(x, y, epochs=4, callbacks=[InterruptAfter(1)], verbose=0)
-    assert json.loads(Path(folder, STATE_FILE).read_text())["epoch"] == 2
+    assert json.loads(Path(folder, MANIFEST_FILE).read_text())["epoch"] == 2
 
     model = mlp()
     resumed = trainers.DOWNPOUR(model, num_workers=2, resume_from=folder, seed=5)
