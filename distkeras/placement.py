@@ -58,12 +58,15 @@ class ServerPlan:
         round_timeout: seconds a round may wait for missing workers.
         release_timeout: seconds worker 0 keeps serving after training, waiting for the
             driver to fetch the final weights.
+        certificate: the TLS certificate (a `ps.tls.RunCertificate`, made on the driver so
+            that the driver and the workers know its fingerprint), or None: no encryption.
     """
 
     port: int
     num_workers: int
     round_timeout: float
     release_timeout: float = 120.0
+    certificate: object | None = dataclasses.field(default=None, repr=False)
 
 
 def check_placement(placement: str) -> str:
@@ -220,6 +223,8 @@ class HostedServer:
                     round_timeout=server_plan.round_timeout,
                     on_report=self.relay.on_report,
                     on_watch=self.relay.on_watch,
+                    encryption=server_plan.certificate is not None,
+                    certificate=server_plan.certificate,
                 ).start()
                 self.relay.server = self.server
                 message = json.dumps({"address": list(self.server.address)})
@@ -259,6 +264,7 @@ class RemoteServer:
         on_report: the monitor's `on_report`.
         connect_timeout: seconds to find the server (it starts with the Spark job).
         tried: what the probe tried, for the error message.
+        fingerprint: the in-cluster server's TLS certificate fingerprint, or None.
     """
 
     def __init__(
@@ -270,8 +276,10 @@ class RemoteServer:
         on_report,
         connect_timeout: float,
         tried: str = "",
+        fingerprint: str | None = None,
     ) -> None:
         self.candidates = list(candidates)
+        self.fingerprint = fingerprint
         self.secret = secret
         self.num_workers = num_workers
         self.on_report = on_report
@@ -293,6 +301,11 @@ class RemoteServer:
     def address(self) -> tuple | None:
         """The server's address once found."""
         return self._client.address if self._client is not None else None
+
+    @property
+    def advertised_address(self) -> tuple | None:
+        """As `address`: workers learn the in-cluster server's address from worker 0."""
+        return self.address
 
     @property
     def failure(self) -> Exception | None:
@@ -344,7 +357,13 @@ class RemoteServer:
         while not self._closing.is_set():
             for address in self.candidates:
                 try:
-                    return Client(address, self.secret, OBSERVER_ID, connect_timeout=0.5)
+                    return Client(
+                        address,
+                        self.secret,
+                        OBSERVER_ID,
+                        connect_timeout=0.5,
+                        fingerprint=self.fingerprint,
+                    )
                 except (OSError, DistKerasError) as exc:
                     errors[f"{address[0]}:{address[1]}"] = str(exc).splitlines()[0]
             if time.monotonic() > deadline:

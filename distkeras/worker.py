@@ -37,7 +37,8 @@ class WorkerPlan:
         model: the model to rebuild, with the worker's compile settings.
         algorithm: the exchange rule.
         address: the parameter server's (host, port).
-        secret: the run's shared secret for the handshake.
+        secret: the run's shared secret for the handshake (never in the repr).
+        fingerprint: the server's TLS certificate fingerprint when it encrypts, else None.
         feature_cols, label_cols: columns in the order of the model's inputs and outputs.
         input_shapes: per input, the shape (without batch) to reshape flat rows to, or None.
         batch_size, num_epoch, shuffle, seed: local training settings.
@@ -58,7 +59,7 @@ class WorkerPlan:
     model: ModelSpec
     algorithm: Algorithm
     address: tuple
-    secret: bytes
+    secret: bytes = dataclasses.field(repr=False)
     feature_cols: list
     label_cols: list
     input_shapes: list
@@ -76,6 +77,7 @@ class WorkerPlan:
     weight_col: str | None = None
     class_weight: dict | None = None
     steps_per_epoch: int | None = None
+    fingerprint: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -173,7 +175,13 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
     piece_rows = plan.batch_size * max(1, min(window_rows, source.piece_rows) // plan.batch_size)
     rng = np.random.default_rng(None if plan.seed is None else plan.seed + worker_id)
     samples = commits = 0
-    with Client(plan.address, plan.secret, worker_id=worker_id, timeout=plan.timeout) as client:
+    with Client(
+        plan.address,
+        plan.secret,
+        worker_id=worker_id,
+        timeout=plan.timeout,
+        fingerprint=plan.fingerprint,
+    ) as client:
         reference = algorithm.local_weights(client.pull(), worker_id)
         model.set_weights(reference)
         first_epoch = max(plan.first_epoch, client.epoch)  # later in a retried stage

@@ -114,3 +114,14 @@ def test_validation_sees_each_epochs_center(mnist):
         x[:1000], y[:1000], epochs=6, validation_data=(x_test[:300], y_test[:300]), verbose=0
     )
     assert len(set(history.history["val_loss"])) == 6
+
+
+def test_all_interfaces_bind_trains_over_tls(mnist, caplog):
+    """ps_host="0.0.0.0": TLS by default, workers pin the run's certificate."""
+    (x, y), _ = mnist
+    trainer = trainers.DOWNPOUR(mlp(hidden=(16,)), num_workers=2, ps_host="0.0.0.0")
+    with caplog.at_level("WARNING", logger="distkeras"):
+        history = trainer.fit(x[:1000], y[:1000], epochs=1, verbose=0)
+    assert history.epoch == [0]
+    assert "all interfaces" in caplog.text
+    assert trainer.parameter_server_stats["num_updates"] > 0

@@ -126,6 +126,11 @@ def test_constructor_validates_arguments():
         ParameterServer(zeros(), round_rule=lambda c, commits: None)
     with pytest.raises(TypeError, match="secret"):
         ParameterServer(zeros(), secret="text")
+    with pytest.raises(ValueError, match="at least 16 bytes") as short:
+        ParameterServer(zeros(), secret=b"hunter2")
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        Client(("127.0.0.1", 9), b"hunter2")
+    assert "hunter2" not in str(short.value)
 
 
 def test_sixteen_clients_commit_at_once(ps):
@@ -215,6 +220,30 @@ def test_on_report_receives_dicts():
     ]
 
 
+@pytest.mark.parametrize(
+    "fields, keyword",
+    [
+        ({"epoch": "abc"}, "'epoch' must be an integer"),
+        ({"rows": 1e999}, "'rows' must be an integer"),
+        ({"samples": -1}, "'samples' must be an integer"),
+        ({"epoch": True}, "'epoch' must be an integer"),
+        ({"epoch_done": 1}, "'epoch_done' must be of type bool"),
+        ({"logs": {"loss": "low"}}, "must be a number"),
+        ({"logs": [1.0]}, "'logs' must be of type dict"),
+        ({"center": [1, 2]}, "unknown report field 'center'"),
+    ],
+)
+def test_ill_typed_reports_are_refused_and_the_driver_keeps_running(fields, keyword):
+    reports = []
+    with ParameterServer(zeros(), on_report=reports.append) as ps:
+        with Client(ps.address, ps.secret) as client:
+            with pytest.raises(DistKerasError, match=keyword):
+                client.report(**fields)
+            client.report(epoch=0, samples=1, logs={"loss": float("nan")})  # still served
+        assert ps.stats()["rejected"] == 1
+    assert [r["samples"] for r in reports] == [1]
+
+
 def test_failing_on_report_is_reported_to_the_worker():
     def explode(report):
         raise RuntimeError("progress bar broke")
@@ -288,7 +317,7 @@ def test_client_disconnecting_mid_commit(ps, cut):
 
 def test_failed_handshake_wrong_secret(ps):
     with pytest.raises(AuthenticationError, match="wrong secret"):
-        Client(ps.address, b"not the secret", connect_timeout=2)
+        Client(ps.address, b"not the right secret", connect_timeout=2)
     still_serving(ps, 0, 0)
     assert ps.stats()["rejected"] == 1
 
@@ -326,7 +355,7 @@ def test_client_authenticates_the_server_too():
     thread = threading.Thread(target=impostor)
     thread.start()
     with listener, pytest.raises(AuthenticationError, match="parameter server"):
-        Client(listener.getsockname(), b"secret", connect_timeout=2)
+        Client(listener.getsockname(), b"s" * 32, connect_timeout=2)
     thread.join()
 
 
@@ -368,6 +397,27 @@ def test_nonfinite_commit_is_refused(ps, bad):
             client.commit_and_pull(arrays)
         client.commit(delta(1))
     assert_center(ps, 1, 1)
+
+
+def test_commit_that_would_overflow_the_center_is_refused(ps):
+    big = [np.full(s, 3e38, np.float32) for s in SHAPES]  # finite, but twice overflows float32
+    with Client(ps.address, ps.secret) as client:
+        client.commit(big)
+        with pytest.raises(DistKerasError, match="would leave a NaN or Inf in the center"):
+            client.commit(big)
+        client.commit(delta(-3e38))  # the connection and the center are fine
+    assert_center(ps, 0, 2)
+
+
+def test_failing_rule_leaves_the_center_as_it_was():
+    def half_then_fail(center, arrays, staleness):
+        center[0] += 1
+        raise ArithmeticError("bad rule")
+
+    with ParameterServer(zeros(), rule=half_then_fail) as ps:
+        with Client(ps.address, ps.secret) as client, pytest.raises(DistKerasError):
+            client.commit(delta(1))
+        assert_center(ps, 0, 0)
 
 
 def test_nonfinite_commit_accepted_when_allowed():
@@ -542,6 +592,25 @@ def test_round_timeout_names_missing_workers():
         assert all("[1]" in str(e) for e in errors.values())
         assert "[1]" in str(ps.failure) and "timed out" in str(ps.failure)
         assert_center(ps, 0, 0)
+
+
+def test_round_that_would_overflow_is_refused_to_every_worker_then_retried():
+    def sum_rule(center, commits):
+        for i, c in enumerate(center):
+            c += sum(commit[i] for commit in commits)
+
+    with ParameterServer(zeros(), round_rule=sum_rule, num_workers=2, round_timeout=10) as ps:
+
+        def work(worker_id):
+            with Client(ps.address, ps.secret, worker_id) as client:
+                with pytest.raises(DistKerasError, match="round 0 refused.*center left untouched"):
+                    client.commit(delta(3e38))  # 2 x 3e38 overflows float32
+                client.commit(delta(1))  # the round starts over with finite commits
+                return client.pull()
+
+        results, errors = run_workers(work, range(2))
+        assert not errors, errors
+        assert_center(ps, 2, 2)
 
 
 def test_round_mode_refuses_unknown_and_duplicate_worker_ids():

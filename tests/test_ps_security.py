@@ -115,13 +115,15 @@ def at(position, edit):
     return tamper
 
 
-def attack(tamper):
+def attack(tamper, encryption=False):
     """An honest client commits ones through a relay; returns (server, client's error)."""
-    ps = ParameterServer(zeros()).start()
+    ps = ParameterServer(zeros(), encryption=encryption).start()
     relay = Relay(ps.address, tamper)
     error = None
     try:
-        with Client(relay.address, ps.secret, timeout=5, connect_timeout=5) as client:
+        with Client(
+            relay.address, ps.secret, timeout=5, connect_timeout=5, fingerprint=ps.fingerprint
+        ) as client:
             client.commit(ones())
             client.pull()
     except (DistKerasError, OSError) as exc:
@@ -312,3 +314,87 @@ def test_out_of_descriptors_backs_off_quietly_and_recovers():
     assert 1 <= result["log_lines"] <= 3, result  # it happened, and was logged once or so
     assert result["cpu_seconds"] < 0.5, result  # no spinning on a readable listener
     assert result["recovered_in"] < 3.0, result
+
+
+# ----------------------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize("host, family", [("0.0.0.0", socket.AF_INET), ("::", socket.AF_INET6)])
+def test_wildcard_bind_advertises_a_reachable_host(host, family, caplog):
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with caplog.at_level("WARNING", logger="distkeras"):
+        with ParameterServer(zeros(), host=host, advertise_host="127.0.0.1") as ps:
+            assert ps.address[0] == host
+            assert ps.advertised_address == ("127.0.0.1", ps.address[1])
+            assert ps.fingerprint is not None  # beyond loopback: encrypted by default
+            address, fingerprint = ps.advertised_address, ps.fingerprint
+            with Client(address, ps.secret, timeout=5, fingerprint=fingerprint) as client:
+                client.pull()
+    assert "all interfaces" in caplog.text
+    assert ps.secret.hex() not in caplog.text
+
+
+def test_wildcard_bind_without_advertise_host_gives_this_machines_address():
+    with ParameterServer(zeros(), host="0.0.0.0") as ps:
+        host, port = ps.advertised_address
+        assert host not in ("0.0.0.0", "::", "")
+        with Client((host, port), ps.secret, timeout=5, fingerprint=ps.fingerprint) as client:
+            client.pull()
+
+
+# ----------------------------------------------------------------------------- encryption
+
+MARK = np.float32(1234.5678).tobytes() * 4  # a recognisable run of weights
+
+
+def marked():
+    return [np.full(s, 1234.5678, np.float32) for s in SHAPES]
+
+
+@pytest.mark.parametrize("encryption", [False, True])
+def test_weights_are_readable_on_the_wire_only_without_encryption(encryption):
+    with ParameterServer(zeros(), encryption=encryption) as ps:
+        assert (ps.fingerprint is not None) == encryption
+        relay = Relay(ps.address)
+        with Client(relay.address, ps.secret, timeout=5, fingerprint=ps.fingerprint) as client:
+            client.commit(marked())
+            pulled = client.pull()
+        relay.close()
+        np.testing.assert_array_equal(pulled[0], marked()[0])
+        assert (MARK in bytes(relay.recorded)) != encryption
+
+
+def test_byte_flipping_relay_changes_nothing_under_tls():
+    chunks = []
+
+    def flip_application_data(chunk, offset):
+        # Chunk 1 is the ClientHello, 2 the client's Finished; from 3 on, application data
+        # (the client waits for the server between them, so they arrive apart).
+        chunks.append(len(chunk))
+        if len(chunks) < 3:
+            return chunk
+        return chunk[:-1] + bytes([chunk[-1] ^ 1])
+
+    ps, error = attack(flip_application_data, encryption=True)
+    assert len(chunks) >= 3 and error is not None
+    assert_untouched(ps)
+
+
+def test_wrong_fingerprint_is_refused_by_the_client():
+    with ParameterServer(zeros(), encryption=True) as ps:
+        with pytest.raises(DistKerasError, match="pinned fingerprint"):
+            Client(ps.address, ps.secret, timeout=5, fingerprint="00" * 32)
+        assert ps.num_updates == 0
+
+
+def test_plain_client_cannot_talk_to_an_encrypting_server():
+    with ParameterServer(zeros(), encryption=True, handshake_timeout=1.0) as ps:
+        started = time.monotonic()
+        with pytest.raises((ConnectionError, DistKerasError)):
+            Client(ps.address, ps.secret, timeout=5, connect_timeout=1)
+        assert time.monotonic() - started < 3.0
+        deadline = time.monotonic() + 3.0
+        while server_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server_threads()

@@ -27,6 +27,25 @@ class Refused(DistKerasError):
     """A request the center will not apply; the worker is told why, the center is untouched."""
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """True if `array` has no NaN or Inf (one allocation-free pass when it has none)."""
+    if array.dtype.kind != "f":
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = array.sum()
+    if np.isfinite(total):
+        return True  # any NaN or Inf makes the sum non-finite
+    return bool(np.isfinite(array).all())  # the sum may merely have overflowed
+
+
+def nonfinite_reason(arrays: Sequence[np.ndarray], what: str) -> str | None:
+    """Names the first of `arrays` holding a NaN or Inf, or None if all are finite."""
+    for i, array in enumerate(arrays):
+        if not all_finite(array):
+            return f"{what} array {i} contains NaN or Inf"
+    return None
+
+
 def add_rule(center: list[np.ndarray], arrays: list[np.ndarray], staleness: int) -> None:
     """The default server rule (DOWNPOUR): adds each committed array to the center."""
     del staleness
@@ -39,12 +58,16 @@ class Center:
 
     Args:
         arrays: The initial center, owned from now on (not copied).
+        finite_only: Refuse any update that would leave a NaN or Inf in the center. The
+            update is then computed on a copy and swapped in only when finite.
     """
 
     round_mode = False
 
-    def __init__(self, arrays: list[np.ndarray]) -> None:
+    def __init__(self, arrays: list[np.ndarray], finite_only: bool = True) -> None:
         self._arrays = arrays
+        self._finite_only = finite_only
+        self._scratch: list[np.ndarray] | None = None
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._clock = 0
@@ -178,6 +201,24 @@ class Center:
             for dst, src in zip(snapshot, self._arrays):
                 np.copyto(dst, src)
 
+    def _apply(self, update: Callable[[list[np.ndarray]], None]) -> str | None:
+        """Applies `update` (in place) to the center, or, when that would leave a NaN or Inf
+        in it, leaves the center as it was and returns which array.
+        """
+        if not self._finite_only:
+            update(self._arrays)
+            return None
+        if self._scratch is None:
+            self._scratch = [np.empty_like(a) for a in self._arrays]
+        for dst, src in zip(self._scratch, self._arrays):
+            np.copyto(dst, src)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught just below
+            update(self._scratch)
+        reason = nonfinite_reason(self._scratch, "center")
+        if reason is None:
+            self._arrays, self._scratch = self._scratch, self._arrays
+        return reason
+
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
             raise Refused(f"parameter server failed: {self._failure}")
@@ -209,8 +250,10 @@ class AsyncCenter(Center):
         rule: The algorithm's server rule, mutating the center in place.
     """
 
-    def __init__(self, arrays: list[np.ndarray], rule: ServerRule | None = None) -> None:
-        super().__init__(arrays)
+    def __init__(
+        self, arrays: list[np.ndarray], rule: ServerRule | None = None, finite_only: bool = True
+    ) -> None:
+        super().__init__(arrays, finite_only)
         self._rule = rule or add_rule
 
     def commit(self, worker_id, clock, arrays, snapshot=None):
@@ -218,11 +261,13 @@ class AsyncCenter(Center):
             self._raise_if_failed()
             staleness = self._record_staleness(clock)
             try:
-                self._rule(self._arrays, arrays, staleness)
+                reason = self._apply(lambda center: self._rule(center, arrays, staleness))
             except Exception as exc:  # a broken rule may have half-updated the center: fatal
                 logger.exception("server rule failed")
                 self._fail(DistKerasError(f"server rule raised {exc!r}"))
                 raise Refused(f"parameter server failed: {self._failure}") from exc
+            if reason is not None:
+                raise Refused(_nonfinite_refusal(arrays, reason))
             self._num_updates += 1
             self._clock += 1
             self._copy_into(snapshot)
@@ -238,6 +283,8 @@ class RoundCenter(Center):
         round_rule: The algorithm's round rule, mutating the center in place.
         num_workers: Size of the round set.
         round_timeout: Seconds a round may wait for missing workers before the server fails.
+        finite_only: Refuse a round whose result would hold a NaN or Inf: every commit of
+            it gets the reason, the center is left as it was and the round starts over.
     """
 
     round_mode = True
@@ -248,8 +295,9 @@ class RoundCenter(Center):
         round_rule: RoundRule,
         num_workers: int,
         round_timeout: float,
+        finite_only: bool = True,
     ) -> None:
-        super().__init__(arrays)
+        super().__init__(arrays, finite_only)
         self._round_rule = round_rule
         self._num_workers = num_workers
         self._round_timeout = round_timeout
@@ -257,6 +305,8 @@ class RoundCenter(Center):
         self._attached: set[int] = set()  # worker ids with an open connection
         self._pending: dict[int, list[np.ndarray]] = {}  # this round's commits
         self._round_deadline = 0.0
+        self._attempt = 0  # +1 per completed or refused round
+        self._refusal: tuple[int, str] | None = None  # (attempt, reason) of a refused round
 
     def admit(self, worker_id):
         with self._lock:
@@ -291,13 +341,13 @@ class RoundCenter(Center):
             if worker_id in self._pending:
                 raise Refused(f"worker {worker_id} already committed round {self._clock}")
             self._record_staleness(clock)
-            round_ = self._clock
+            round_, attempt = self._clock, self._attempt
             if not self._pending:
                 self._round_deadline = time.monotonic() + self._round_timeout
             # The arrays view the connection's buffer, which stays untouched while we wait.
             self._pending[worker_id] = arrays
             self._complete_round_if_ready()
-            while self._clock == round_ and self._failure is None and not self._stopping:
+            while self._attempt == attempt and self._failure is None and not self._stopping:
                 remaining = self._round_deadline - time.monotonic()
                 if remaining <= 0:
                     missing = sorted(self._live - self._pending.keys())
@@ -310,6 +360,8 @@ class RoundCenter(Center):
                     break
                 self._cond.wait(remaining)
             if self._clock == round_:
+                if self._refusal is not None and self._refusal[0] == attempt:
+                    raise Refused(self._refusal[1])
                 self._raise_if_failed()
             self._copy_into(snapshot)
             return self._status()
@@ -322,14 +374,36 @@ class RoundCenter(Center):
         """Applies the round rule once every live worker has committed (lock held)."""
         if not self._pending or not self._live <= self._pending.keys():
             return
-        commits = [self._pending[w] for w in sorted(self._pending)]
+        workers = sorted(self._pending)
+        commits = [self._pending[w] for w in workers]
         try:
-            self._round_rule(self._arrays, commits)
+            reason = self._apply(lambda center: self._round_rule(center, commits))
         except Exception as exc:  # a broken rule may have half-updated the center: fatal
             logger.exception("round rule failed")
             self._fail(DistKerasError(f"round rule raised {exc!r}"))
             return
         self._pending.clear()
-        self._num_updates += len(commits)
-        self._clock += 1
+        if reason is None:
+            self._num_updates += len(commits)
+            self._clock += 1
+        else:
+            own = [(w, nonfinite_reason(c, "commit")) for w, c in zip(workers, commits)]
+            causes = [f"worker {w}'s {r}" for w, r in own if r] or [
+                f"applying it would leave a NaN or Inf in the center ({reason})"
+            ]
+            refusal = f"round {self._clock} refused: {'; '.join(causes)}; center left untouched"
+            self._refusal = (self._attempt, refusal)
+            logger.warning("%s", refusal)
+        self._attempt += 1
         self._cond.notify_all()
+
+
+def _nonfinite_refusal(commit: Sequence[np.ndarray], reason: str) -> str:
+    """Why a commit was refused: its own NaN/Inf, else the overflow it would cause."""
+    own = nonfinite_reason(commit, "commit")
+    if own is not None:
+        return f"{own}; the center was left untouched"
+    return (
+        f"applying it would leave a NaN or Inf in the center ({reason}); "
+        "the center was left untouched"
+    )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from distkeras.errors import DistKerasError, ProtocolError
-from distkeras.ps import protocol
+from distkeras.ps import protocol, tls
 from distkeras.ps.protocol import Address, Limits, Message, MsgType, PeerClosed, Stream
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ class Client:
         worker_id: This worker's id (0..num_workers-1 in round mode).
         timeout: Seconds allowed for every socket operation after connecting.
         connect_timeout: Seconds spent retrying the connection, with exponential backoff.
+        fingerprint: The server's `fingerprint` when it encrypts: the connection then uses
+            TLS 1.3 and accepts only that certificate.
 
     Raises:
         AuthenticationError: If either side fails the HMAC handshake.
@@ -47,9 +49,9 @@ class Client:
         worker_id: int = 0,
         timeout: float = 30.0,
         connect_timeout: float = 30.0,
+        fingerprint: str | None = None,
     ) -> None:
-        if not isinstance(secret, bytes) or not secret:
-            raise TypeError(f"Expected `secret` to be non-empty bytes. Received: {type(secret)}")
+        protocol.check_secret(secret)
         if type(worker_id) is not int or not 0 <= worker_id <= protocol.MAX_WORKER_ID:
             raise ValueError(
                 f"Expected `worker_id` to be a non-negative int. Received: worker_id={worker_id!r}"
@@ -69,6 +71,7 @@ class Client:
         self._lock = threading.Lock()
         self._limits = protocol.CLIENT_HANDSHAKE_LIMITS
         self._commit_timeout = self._timeout
+        self._fingerprint = fingerprint
         self._stream: Stream | None = self._connect(float(connect_timeout))
 
     def _connect(self, connect_timeout: float) -> Stream:
@@ -96,6 +99,8 @@ class Client:
         try:
             protocol.configure(sock)
             sock.settimeout(self._timeout)
+            if self._fingerprint is not None:
+                sock = tls.wrap_client(sock, self._fingerprint)
             stream = Stream(sock)
             self._welcome(protocol.answer_handshake(stream, self._secret, self.worker_id))
         except BaseException:

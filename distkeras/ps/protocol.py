@@ -18,6 +18,7 @@ import json
 import math
 import os
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -105,6 +106,18 @@ SCHEMA: dict[MsgType, dict[str, Any]] = {
     MsgType.REPORTS: {"clock": "clock", "stop": bool, "reports": list, "arrays": "specs"},
 }
 _MSG_TYPES = {int(t): t for t in MsgType}
+
+# The fields a worker's REPORT may carry: name -> (type, low, high) for numbers, or type.
+# Anything else is refused before it reaches the driver; a new field is one line here.
+MAX_LOGS = 256
+REPORT_FIELDS: dict[str, Any] = {
+    "epoch": (int, 0, 10**9),
+    "samples": (int, 0, 2**53),
+    "rows": (int, 0, 2**53),
+    "logs": dict,  # metric name -> number (see check_report)
+    "epoch_done": bool,
+    "finished": bool,
+}
 
 
 class PeerClosed(ConnectionError):
@@ -317,7 +330,8 @@ def unpack_header(raw: bytes, limits: Limits) -> tuple[MsgType, int, int, int]:
 
 def _check_int(value: Any, key: str, low: int, high: int) -> None:
     if type(value) is not int or not low <= value <= high:
-        raise ProtocolError(f"metadata field {key!r} must be an integer in [{low}, {high}]")
+        name = key if key.startswith("report") else f"metadata field {key!r}"
+        raise ProtocolError(f"{name} must be an integer in [{low}, {high}]; got {value!r:.40}")
 
 
 def _check_specs(value: Any, key: str, max_arrays: int) -> int:
@@ -388,6 +402,29 @@ def _check_hex(value: Any, key: str, nbytes: int) -> None:
         bytes.fromhex(value)
     except ValueError:
         raise ProtocolError(f"metadata field {key!r} is not hexadecimal") from None
+
+
+def check_report(fields: dict[str, Any]) -> None:
+    """Checks a REPORT's fields against `REPORT_FIELDS`.
+
+    Raises:
+        ProtocolError: An unknown field, a wrong type, a number out of range, or logs that
+            are not a small object of numbers.
+    """
+    for key, value in fields.items():
+        kind = REPORT_FIELDS.get(key)
+        if kind is None:
+            raise ProtocolError(f"unknown report field {key!r} (known: {sorted(REPORT_FIELDS)})")
+        if isinstance(kind, tuple):
+            _check_int(value, f"report field {key!r}", kind[1], kind[2])
+        elif type(value) is not kind:
+            raise ProtocolError(f"report field {key!r} must be of type {kind.__name__}")
+    logs = fields.get("logs", {})
+    if len(logs) > MAX_LOGS:
+        raise ProtocolError(f"report logs hold {len(logs)} entries, more than {MAX_LOGS}")
+    for name, value in logs.items():  # NaN is allowed: a diverging loss is news, not an attack
+        if type(value) not in (int, float) or len(name) > 256:
+            raise ProtocolError(f"report logs entry {name[:64]!r} must be a number")
 
 
 def decode_arrays(specs: list[dict[str, Any]], payload: memoryview) -> list[np.ndarray]:
@@ -581,6 +618,7 @@ class Stream:
         self.received = 0
         self.sent = 0
         self.deadline: float | None = None  # time.monotonic() by which every read must end
+        self.encrypted = isinstance(sock, ssl.SSLSocket)  # TLS: sealed and ordered already
         self._send_mac: FrameMac | None = None
         self._recv_mac: FrameMac | None = None
 
@@ -607,7 +645,13 @@ class Stream:
         self, msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence = ()
     ) -> None:
         """Encodes and sends one frame (tagged in an authenticated session)."""
-        self.sent += send_buffers(self.sock, self.frame(msg_type, meta, arrays))
+        buffers = self.frame(msg_type, meta, arrays)
+        if not self.encrypted:
+            self.sent += send_buffers(self.sock, buffers)
+            return
+        for buffer in buffers:  # SSLSocket has no sendmsg
+            self.sock.sendall(buffer)
+            self.sent += memoryview(buffer).nbytes
 
     def frame(
         self, msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence = ()
@@ -653,6 +697,25 @@ def check_reply(msg: Message, expected: MsgType, during: str) -> Message:
 
 
 # ----------------------------------------------------------------------------- handshake
+
+
+MIN_SECRET = 16  # bytes
+
+
+def check_secret(secret: Any) -> None:
+    """Checks a shared secret without ever echoing it.
+
+    Raises:
+        TypeError: Not bytes.
+        ValueError: Shorter than `MIN_SECRET` bytes.
+    """
+    if not isinstance(secret, bytes):
+        raise TypeError(f"Expected `secret` to be bytes. Received: a {type(secret).__name__}")
+    if len(secret) < MIN_SECRET:
+        raise ValueError(
+            f"Expected `secret` of at least {MIN_SECRET} bytes (os.urandom(32) is a good one). "
+            f"Received: {len(secret)} bytes"
+        )
 
 
 def new_nonce() -> str:
@@ -725,8 +788,9 @@ def serve_handshake(stream: Stream, secret: bytes, admit: Admit) -> int:
     worker_id, client_nonce = msg.meta["worker_id"], msg.meta["nonce"]
     expected = client_digest(secret, nonce, client_nonce, worker_id)
     verify_digest(expected, msg.meta["digest"], "client")
-    to_server, to_client = session_macs(secret, nonce, client_nonce, worker_id)
-    stream.authenticate(send_mac=to_client, recv_mac=to_server)
+    if not stream.encrypted:
+        to_server, to_client = session_macs(secret, nonce, client_nonce, worker_id)
+        stream.authenticate(send_mac=to_client, recv_mac=to_server)
     welcome = admit(worker_id)
     stream.send(MsgType.WELCOME, {**welcome, "digest": server_digest(secret, client_nonce, nonce)})
     return worker_id
@@ -753,8 +817,9 @@ def answer_handshake(stream: Stream, secret: bytes, worker_id: int) -> Message:
         "worker_id": worker_id,
     }
     stream.send(MsgType.RESPONSE, response)
-    to_server, to_client = session_macs(secret, server_nonce, nonce, worker_id)
-    stream.authenticate(send_mac=to_server, recv_mac=to_client)
+    if not stream.encrypted:
+        to_server, to_client = session_macs(secret, server_nonce, nonce, worker_id)
+        stream.authenticate(send_mac=to_server, recv_mac=to_client)
     try:
         reply = stream.read(CLIENT_HANDSHAKE_LIMITS, untagged_error=True)
     except AuthenticationError as exc:

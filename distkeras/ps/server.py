@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from distkeras.errors import AuthenticationError, ProtocolError
-from distkeras.ps import protocol
+from distkeras.ps import protocol, tls
 from distkeras.ps.center import AsyncCenter, Center, Refused, RoundCenter, RoundRule, ServerRule
 from distkeras.ps.protocol import (
     Address,
@@ -48,6 +48,19 @@ LOG_INTERVAL = 5.0  # seconds between two log lines of one kind of accept troubl
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
+WILDCARD_HOSTS = frozenset(["", "0.0.0.0", "::"])
+
+
+def outbound_host() -> str:
+    """This machine's address on the route to the outside (no packet is sent), else its name."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only, never reached
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.getfqdn()
+
+
 class _RateLimitedLog:
     """Logs a warning at most once per `interval` seconds, counting the ones held back."""
 
@@ -65,13 +78,6 @@ class _RateLimitedLog:
             msg += f" ({self._held} similar messages held back)"
         logger.warning(msg, *args)
         self._last, self._held = now, 0
-
-
-def _all_finite(array: np.ndarray) -> bool:
-    """True if `array` has no NaN or Inf (one allocation-free pass when it has none)."""
-    if array.dtype.kind != "f" or np.isfinite(array.sum()):
-        return True  # any NaN or Inf makes the sum non-finite
-    return bool(np.isfinite(array).all())  # the sum may merely have overflowed
 
 
 class _Connection:
@@ -112,13 +118,22 @@ class ParameterServer:
     Args:
         weights: Initial center; copied into preallocated arrays.
         rule: `rule(center, arrays, staleness)` mutating `center` in place; default adds.
-        host: Address to bind; one the executors can reach.
+        host: Address to bind; one the executors can reach. "0.0.0.0" or "::" binds every
+            interface, and the workers are given `advertise_host` (or this machine's
+            outbound address) to connect to.
         port: Port to bind; 0 picks a free one.
-        secret: Shared HMAC key; random 32 bytes when None.
+        secret: Shared HMAC key, at least 16 bytes; random 32 bytes when None.
+        advertise_host: With a wildcard `host`, the host name or address workers are told
+            to connect to (e.g. Spark's `spark.driver.host`).
+        encryption: TLS 1.3 with a per-run certificate that clients pin by `fingerprint`.
+            None (default): on unless `host` is a loopback address. False: off, also beyond
+            loopback (the weights then travel in clear; frames stay authenticated).
+        certificate: The certificate to serve with when encrypting; None: a new one.
         on_report: Called from a server thread (serialized) with each progress report dict.
         on_watch: Answers an observer's WATCH (see `protocol.OBSERVER_ID`): called with its
             metadata, returns the REPORTS metadata and arrays. None: observers are refused.
-        reject_nonfinite: Refuse commits holding NaN or Inf.
+        reject_nonfinite: Refuse a commit (or a round) whose application would leave a NaN
+            or Inf in the center; the center is left as it was.
         round_rule: `round_rule(center, commits)`; enables round (synchronous) mode, in
             which `rule` is unused.
         num_workers: Size of the round set; required with `round_rule`.
@@ -150,14 +165,17 @@ class ParameterServer:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
         max_connections: int = MAX_CONNECTIONS,
+        advertise_host: str | None = None,
+        encryption: bool | None = None,
+        certificate: tls.RunCertificate | None = None,
     ) -> None:
         if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence) or not weights:
             raise ValueError(
                 "Expected `weights` to be a non-empty list of arrays. "
                 f"Received: weights of type {type(weights).__name__}"
             )
-        if secret is not None and (not isinstance(secret, bytes) or not secret):
-            raise TypeError(f"Expected `secret` to be non-empty bytes. Received: secret={secret!r}")
+        if secret is not None:
+            protocol.check_secret(secret)
         if type(port) is not int or not 0 <= port <= 65535:
             raise ValueError(f"Expected `port` to be an int in [0, 65535]. Received: port={port!r}")
         if round_rule is not None and (type(num_workers) is not int or num_workers < 1):
@@ -190,16 +208,19 @@ class ParameterServer:
         # Room for a commit with the wrong dtype or extra arrays, so it is refused by name.
         self._limits = Limits(budget.max_metadata, budget.max_payload, 2 * n + 16)
         self._center: Center = (
-            RoundCenter(arrays, round_rule, num_workers, float(round_timeout))
+            RoundCenter(arrays, round_rule, num_workers, float(round_timeout), reject_nonfinite)
             if round_rule is not None
-            else AsyncCenter(arrays, rule)
+            else AsyncCenter(arrays, rule, reject_nonfinite)
         )
         self._host = host
+        self._advertise_host = advertise_host
+        self._encrypted = not tls.is_loopback(host) if encryption is None else bool(encryption)
+        self._certificate: tls.RunCertificate | None = certificate if self._encrypted else None
+        self._tls_context = None
         self._port = port
         self._secret = secret if secret is not None else os.urandom(32)
         self._on_report = on_report
         self._on_watch = on_watch
-        self._reject_nonfinite = reject_nonfinite
         self._handshake_timeout = float(handshake_timeout)
         self._max_unauthenticated = max_unauthenticated
         self._max_connections = max_connections
@@ -245,8 +266,19 @@ class ParameterServer:
                 raise RuntimeError("ParameterServer was stopped; create a new one")
             if self._listener is not None:
                 return self
+            if self._encrypted:
+                self._certificate = self._certificate or tls.RunCertificate()
+                self._tls_context = self._certificate.server_context()
+            elif not tls.is_loopback(self._host):
+                logger.warning(
+                    "encryption is off on %s: weights travel in clear (frames stay authenticated)",
+                    self._host,
+                )
             family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-            listener = socket.create_server((self._host, self._port), family=family, backlog=128)
+            dualstack = self._host == "::" and socket.has_dualstack_ipv6()  # IPv4 too
+            listener = socket.create_server(
+                (self._host, self._port), family=family, backlog=128, dualstack_ipv6=dualstack
+            )
             listener.setblocking(False)
             self._listener = listener
             self._address = listener.getsockname()[:2]
@@ -262,7 +294,15 @@ class ParameterServer:
             )
             self._accept_thread.daemon = True
             self._accept_thread.start()
-        logger.info("parameter server listening on %s:%d", *self.address)
+        if self._host in WILDCARD_HOSTS:
+            logger.warning(
+                "parameter server listening on all interfaces (%s port %d); workers connect to %s",
+                self._host or "0.0.0.0",
+                self.address[1],
+                self.advertised_address[0],
+            )
+        else:
+            logger.info("parameter server listening on %s:%d", *self.address)
         return self
 
     def stop(self) -> None:
@@ -309,6 +349,20 @@ class ParameterServer:
         if self._address is None:
             raise RuntimeError("ParameterServer is not started; call start() first")
         return self._address
+
+    @property
+    def advertised_address(self) -> Address:
+        """(host, port) workers should connect to: the bound address, or for a server bound
+        to every interface, `advertise_host` or this machine's outbound address."""
+        host, port = self.address
+        if self._host not in WILDCARD_HOSTS:
+            return host, port
+        return self._advertise_host or outbound_host(), port
+
+    @property
+    def fingerprint(self) -> str | None:
+        """SHA-256 of the server's TLS certificate (hex) for clients to pin; None without TLS."""
+        return self._certificate.fingerprint if self._certificate is not None else None
 
     @property
     def secret(self) -> bytes:
@@ -460,6 +514,8 @@ class ParameterServer:
         """Runs one connection: handshake, then request/reply until goodbye or error."""
         try:
             conn.stream.deadline = conn.accepted + self._handshake_timeout
+            if self._tls_context is not None:
+                self._start_tls(conn)
             conn.worker_id = protocol.serve_handshake(
                 conn.stream, self._secret, functools.partial(self._admit, conn)
             )
@@ -486,6 +542,19 @@ class ParameterServer:
                 self._connections.discard(conn)
                 self._closed_received += conn.stream.received
                 self._closed_sent += conn.stream.sent
+
+    def _start_tls(self, conn: _Connection) -> None:
+        """The TLS handshake, within what is left of the handshake deadline."""
+        assert self._tls_context is not None and conn.stream.deadline is not None
+        conn.sock.settimeout(max(conn.stream.deadline - time.monotonic(), 0.001))
+        wrapped = self._tls_context.wrap_socket(conn.sock, server_side=True)  # handshakes
+        with self._state_lock:  # stop() and eviction shut down conn.sock
+            conn.sock = wrapped
+            received, deadline = conn.stream.received, conn.stream.deadline
+            conn.stream = Stream(wrapped)
+            conn.stream.received, conn.stream.deadline = received, deadline
+        if conn.evicted or self._stopping:
+            raise ConnectionAbortedError("connection dropped during the TLS handshake")
 
     def _admit(self, conn: _Connection, worker_id: int) -> dict[str, Any]:
         """WELCOME fields for an authenticated worker, or a refusal naming the reason."""
@@ -546,6 +615,8 @@ class ParameterServer:
         observer = conn.worker_id == protocol.OBSERVER_ID
         if observer != (msg_type is MsgType.WATCH) and msg_type not in _ANYONE:
             raise ProtocolError(f"{msg_type.name} is not a request this client may send")
+        if msg_type is MsgType.REPORT:
+            protocol.check_report(meta["fields"])
         if msg_type not in (MsgType.COMMIT, MsgType.COMMIT_PULL):
             return
         if meta["worker_id"] != conn.worker_id:
@@ -570,12 +641,6 @@ class ParameterServer:
         return MsgType.WEIGHTS, self._center.pull(snapshot), snapshot
 
     def _on_commit(self, conn: _Connection, msg: Message) -> Reply:
-        if self._reject_nonfinite:
-            for i, array in enumerate(msg.arrays):
-                if not _all_finite(array):
-                    raise Refused(
-                        f"commit array {i} contains NaN or Inf; the center was left untouched"
-                    )
         pull = msg.type is MsgType.COMMIT_PULL
         snapshot = conn.snapshot(self._shapes) if pull else None
         meta = self._center.commit(conn.worker_id, msg.meta["clock"], msg.arrays, snapshot)

@@ -20,6 +20,8 @@ from distkeras.inputs import arrays, labels
 from distkeras.inputs.options import FitOptions
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
 from distkeras.monitor import STARTUP_GRACE, TrainingMonitor
+from distkeras.ps import tls
+from distkeras.ps.server import WILDCARD_HOSTS, ParameterServer
 from distkeras.spark import client_host, task_cpus, task_max_failures, task_slots
 from distkeras.spark_job import SparkJob
 from distkeras.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
@@ -45,12 +47,16 @@ class Trainer:
         num_workers: parallel workers (Spark tasks, all running at once).
         communication_window: local steps between two exchanges (λ); None: the default.
         ps_host: address the parameter server binds to and workers connect to; None: the
-            loopback in local mode, else `spark.driver.host`.
+            loopback in local mode, else `spark.driver.host`. "0.0.0.0" or "::" binds every
+            interface; workers then connect to `spark.driver.host`.
         ps_port: the server's port; 0 picks a free one.
         ps_placement: where the parameter server runs: "client" (this process), "cluster"
             (in worker 0's task, for executors that cannot reach the client, e.g. over
             Spark Connect), or "auto": the client when the executors reach it, else the
             cluster (docs/cluster.md, "Spark Connect").
+        ps_encryption: TLS 1.3 between workers and the server. None: on whenever the
+            server listens beyond loopback; False: off (weights travel in clear, frames
+            stay authenticated; see docs/cluster.md for what that protects).
         worker_timeout: seconds a worker may go without reporting before the run fails.
         custom_objects: classes and functions the model refers to by name.
         seed: seed of the workers' shuffles.
@@ -84,6 +90,7 @@ class Trainer:
         ps_host: str | None = None,
         ps_port: int = 0,
         ps_placement: str = "auto",
+        ps_encryption: bool | None = None,
         worker_timeout: float = 600.0,
         custom_objects: dict | None = None,
         seed: int | None = None,
@@ -122,9 +129,15 @@ class Trainer:
             raise ValueError(
                 f"Expected `ps_port` to be a port number. Received: ps_port={ps_port!r}"
             )
+        if ps_encryption not in (None, True, False):
+            raise ValueError(
+                "Expected `ps_encryption` to be None, True or False. "
+                f"Received: ps_encryption={ps_encryption!r}"
+            )
         self.ps_host = ps_host
         self.ps_port = ps_port
         self.ps_placement = placement.check_placement(ps_placement)
+        self.ps_encryption = ps_encryption
         self.worker_timeout = validation.positive_number("worker_timeout", worker_timeout)
         self.custom_objects = custom_objects
         self.seed = seed
@@ -305,7 +318,10 @@ class Trainer:
         return task_cpus(spark)
 
     def _server_host(self, spark) -> str:
-        return self.ps_host or client_host(spark)
+        """The address the workers connect to (also the one bound, unless a wildcard)."""
+        if self.ps_host and self.ps_host not in WILDCARD_HOSTS:
+            return self.ps_host
+        return client_host(spark)
 
     def _driver_model(self):
         if self.loss is not None or self.metrics is not None or not self.model.compiled:
@@ -324,8 +340,6 @@ class Trainer:
         self, fit_inputs: inputs.FitInputs, options: FitOptions, callbacks, verbose, class_weight
     ) -> None:
         import keras
-
-        from distkeras.parameter_server import ParameterServer
 
         train = fit_inputs.train
         self._check_input(train)
@@ -375,8 +389,10 @@ class Trainer:
         server = ParameterServer(
             model.get_weights(),
             rule=algorithm.server_rule,
-            host=self._server_host(spark),
+            host=self.ps_host if self.ps_host in WILDCARD_HOSTS else self._server_host(spark),
+            advertise_host=self._server_host(spark),
             port=self.ps_port,
+            encryption=self.ps_encryption,
             round_rule=algorithm.round_rule if algorithm.synchronous else None,
             num_workers=self.num_workers if algorithm.synchronous else None,
             round_timeout=round_timeout,
@@ -393,7 +409,8 @@ class Trainer:
                 spark, self.ps_placement, server.address, self.num_workers, self.ps_port
             )
             hosted = None
-            if where.kind == "cluster":
+            if where.kind == "cluster":  # in a worker's task: beyond loopback, unless opted out
+                certificate = tls.RunCertificate() if self.ps_encryption is not False else None
                 server.stop()
                 server = placement.RemoteServer(
                     placement.observer_candidates(where),
@@ -403,14 +420,18 @@ class Trainer:
                     monitor.on_report,
                     connect_timeout=min(self.worker_timeout, STARTUP_GRACE),
                     tried=where.tried,
+                    fingerprint=certificate.fingerprint if certificate else None,
                 )
                 monitor.attach(server)
-                hosted = placement.ServerPlan(where.port, self.num_workers, round_timeout)
+                hosted = placement.ServerPlan(
+                    where.port, self.num_workers, round_timeout, certificate=certificate
+                )
             plan = WorkerPlan(
                 model=spec,
                 algorithm=algorithm,
-                address=server.address,
+                address=server.advertised_address,
                 secret=server.secret,
+                fingerprint=server.fingerprint,
                 feature_cols=train.features,
                 label_cols=train.labels,
                 input_shapes=inputs.row_shapes(self.model) or [None] * len(train.features),
