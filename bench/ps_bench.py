@@ -1,10 +1,13 @@
 """Parameter-server throughput next to raw loopback sockets, measured side by side in one run.
 
 For models of 0.1M, 1M and 10M float32 parameters and 1, 2, 4 concurrent clients (separate
-processes), prints commit_and_pull round trips/s and GB/s (bytes both ways), the same for a
-plain-socket echo of the same bytes (send N, receive N), and the ratio of the two.
+processes), prints commit_and_pull round trips/s of a plain-socket echo of the same bytes
+(send N, receive N) and of the parameter server in each mode: "authenticated" (every frame
+tagged, the default on loopback) and "encrypted" (TLS 1.3, the default beyond loopback),
+with each mode's ratio to raw. GB/s counts bytes both ways.
 
-Usage: .venv/bin/python bench/ps_bench.py [--seconds 1.0] [--repeat 2]
+Usage: .venv/bin/python bench/ps_bench.py [--seconds 1.0] [--repeat 2] [--sizes 10000000]
+    [--clients 1]
 """
 
 from __future__ import annotations
@@ -51,10 +54,10 @@ def run_raw(address, nbytes: int, seconds: float) -> tuple[int, float]:
         return _timed(lambda: (sock.sendall(out), recv_exact(sock, back)), seconds)
 
 
-def run_ps(address, secret: bytes, params: int, worker_id: int, seconds: float):
+def run_ps(address, secret: bytes, params: int, worker_id: int, seconds: float, fingerprint):
     """commit_and_pull of a zero delta for `seconds`; returns (round trips, elapsed)."""
     delta = model(params)
-    with Client(address, secret, worker_id=worker_id) as client:
+    with Client(address, secret, worker_id=worker_id, fingerprint=fingerprint) as client:
         client.pull()
         return _timed(lambda: client.commit_and_pull(delta), seconds)
 
@@ -133,15 +136,25 @@ def measure_raw(pool, clients: int, nbytes: int, seconds: float) -> float:
         echo.close()
 
 
-def measure_ps(pool, clients: int, params: int, seconds: float) -> float:
-    with ParameterServer(model(params)) as ps:
-        return measure(pool, "ps", clients, lambda w: (ps.address, ps.secret, params, w, seconds))
+MODES = {"authenticated": False, "encrypted": True}  # mode -> encryption
+
+
+def measure_ps(pool, clients: int, params: int, seconds: float, mode: str) -> float:
+    with ParameterServer(model(params), encryption=MODES[mode]) as ps:
+        return measure(
+            pool,
+            "ps",
+            clients,
+            lambda w: (ps.address, ps.secret, params, w, seconds, ps.fingerprint),
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per figure")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="parameters")
+    parser.add_argument("--clients", type=int, nargs="+", default=CLIENTS, help="clients")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     commands, results = ctx.Queue(), ctx.Queue()
@@ -149,25 +162,24 @@ def main() -> None:
     for proc in procs:
         proc.start()
     pool = (commands, results)
-    header = (
-        f"{'params':>10} {'clients':>7} {'ps rt/s':>9} {'ps GB/s':>8} "
-        f"{'raw rt/s':>9} {'raw GB/s':>8} {'ratio':>6}"
-    )
+    header = f"{'params':>10} {'clients':>7} {'raw rt/s':>9} {'raw GB/s':>8}"
+    for mode in MODES:
+        header += f" {mode[:5] + ' rt/s':>10} {'GB/s':>5} {'ratio':>6}"
     print(header)
     try:
-        for params in SIZES:
+        for params in args.sizes:
             nbytes = params * 4
-            for clients in CLIENTS:
-                raw = rts = 0.0
+            for clients in args.clients:
+                raw, rts = 0.0, dict.fromkeys(MODES, 0.0)
                 for _ in range(args.repeat):  # alternate, keep the best of each: less noise
                     raw = max(raw, measure_raw(pool, clients, nbytes, args.seconds))
-                    rts = max(rts, measure_ps(pool, clients, params, args.seconds))
-                gbs = [r * 2 * nbytes / 1e9 for r in (rts, raw)]
-                print(
-                    f"{params:>10,} {clients:>7} {rts:>9.1f} {gbs[0]:>8.2f} "
-                    f"{raw:>9.1f} {gbs[1]:>8.2f} {rts / raw:>6.2f}",
-                    flush=True,
-                )
+                    for mode in MODES:
+                        rate = measure_ps(pool, clients, params, args.seconds, mode)
+                        rts[mode] = max(rts[mode], rate)
+                line = f"{params:>10,} {clients:>7} {raw:>9.1f} {raw * 2 * nbytes / 1e9:>8.2f}"
+                for rate in rts.values():
+                    line += f" {rate:>10.1f} {rate * 2 * nbytes / 1e9:>5.2f} {rate / raw:>6.2f}"
+                print(line, flush=True)
     finally:
         for _ in procs:
             commands.put(None)

@@ -486,14 +486,14 @@ def test_client_gives_up_after_connect_timeout():
     probe.close()
     start = time.monotonic()
     with pytest.raises(ConnectionError, match="could not reach"):
-        Client(address, b"s", connect_timeout=0.3)
+        Client(address, b"s" * 32, connect_timeout=0.3)
     assert time.monotonic() - start < 3
 
 
 def test_client_times_out_on_a_silent_server():
     with socket.create_server(("127.0.0.1", 0)) as silent:
         with pytest.raises(TimeoutError):
-            Client(silent.getsockname(), b"s", timeout=0.2)
+            Client(silent.getsockname(), b"s" * 32, timeout=0.2)
 
 
 # ----------------------------------------------------------------------------- round mode
