@@ -41,3 +41,18 @@ def test_another_architecture_gets_its_own_model(monkeypatch):
     c, _ = model_cache.model_and_runner(small, None, 32, build)
     assert len({id(a), id(b), id(c)}) == 3
     assert len(model_cache._ENTRIES) == model_cache.MAX_MODELS
+
+
+def test_a_fresh_model_of_the_same_architecture_reuses_the_built_one(monkeypatch):
+    monkeypatch.setattr(model_cache, "_ENTRIES", type(model_cache._ENTRIES)())
+    build = lambda m: WindowRunner(m, 16)  # noqa: E731
+    first = ModelSpec.from_model(mlp(input_dim=20, hidden=(8,), classes=3))
+    fresh = ModelSpec.from_model(mlp(input_dim=20, hidden=(8,), classes=3))
+    assert first.architecture != fresh.architecture  # new automatic layer names
+    a, _ = model_cache.model_and_runner(first, None, 16, build)
+    b, _ = model_cache.model_and_runner(fresh, None, 16, build)
+    assert a is b
+    for got, want in zip(b.get_weights(), fresh.weights):
+        np.testing.assert_array_equal(got, want)
+    wider = ModelSpec.from_model(mlp(input_dim=20, hidden=(9,), classes=3))
+    assert model_cache.model_and_runner(wider, None, 16, build)[0] is not a
