@@ -245,6 +245,8 @@ def test_digests_are_role_bound_and_compared():
 def session_pair():
     """Two Streams over a socketpair, authenticated with the keys of one session."""
     a, b = socket.socketpair()
+    a.settimeout(10)  # every read and write of these tests is bounded
+    b.settimeout(10)
     ns, nc = protocol.new_nonce(), protocol.new_nonce()
     to_server, to_client = protocol.session_macs(b"k" * 32, ns, nc, 0)
     client, server = protocol.Stream(a), protocol.Stream(b)
@@ -315,3 +317,34 @@ def test_reordered_replayed_and_untagged_frames_fail():
         protocol.read_frame(io.BytesIO(frame()).readinto, LIMITS, mac=to_server)
     with pytest.raises(ProtocolError, match="flags"):  # a tagged frame outside a session
         protocol.parse_frame(first, LIMITS)
+
+
+def test_large_tagged_frame_is_tagged_while_sent_and_checked():
+    """Frames over 1 MiB are tagged piece by piece as they are sent; one flipped bit fails."""
+    big = [np.arange(600_000, dtype=np.float32), np.ones(5, np.float32)]
+    limits = Limits.for_specs([(a.dtype.str, a.shape) for a in big])
+    for flip in (False, True):
+        client, server = session_pair()
+        relay, reader = socket.socketpair()
+        with client.sock, server.sock, relay, reader:
+            meta = {"worker_id": 1, "clock": 0}
+            sender = threading.Thread(target=client.send, args=(MsgType.COMMIT, meta, big))
+            sender.start()
+            data = bytearray()
+            while len(data) < 2_400_000 + 100:
+                data += server.sock.recv(1 << 20)
+            sender.join(10)
+            client.sock.shutdown(socket.SHUT_WR)
+            while chunk := server.sock.recv(1 << 20):
+                data += chunk
+            if flip:
+                data[1_000_000] ^= 0x01
+            pump = threading.Thread(target=relay.sendall, args=(bytes(data),))
+            pump.start()
+            if flip:
+                with pytest.raises(AuthenticationError, match="failed authentication"):
+                    protocol.read_frame(reader.recv_into, limits, mac=server._recv_mac)
+            else:
+                message, _ = protocol.read_frame(reader.recv_into, limits, mac=server._recv_mac)
+                np.testing.assert_array_equal(message.arrays[0], big[0])
+            pump.join(10)

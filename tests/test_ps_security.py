@@ -180,10 +180,14 @@ def test_relay_repeating_a_commit_applies_it_once():
     _, total = commit_size(ones())
     start = response_size()
 
-    def repeat(chunk, offset):
-        if offset <= start and start + total <= offset + len(chunk):
-            i = start - offset
-            return chunk[: i + total] + chunk[i : i + total] + chunk[i + total :]
+    seen = bytearray()
+
+    def repeat(chunk, offset):  # once the commit has passed, send it again
+        seen.extend(chunk)
+        end = start + total
+        if offset < end <= offset + len(chunk):
+            i = end - offset
+            return chunk[:i] + bytes(seen[start:end]) + chunk[i:]
         return chunk
 
     ps, error = attack(repeat)
