@@ -9,7 +9,18 @@ NOTEBOOKS = ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"]
 # Spark Connect clients (gRPC, protobuf): `SparkSession.builder.remote(...)`; the tests run on
 # a Connect session too.
 CONNECT = ["pyspark[connect]>=4.0"]
-TEST = ["pytest>=8", "hypothesis>=6", "ruff>=0.6", *EXAMPLES, *DOCS, *NOTEBOOKS, *CONNECT]
+# Keras' TensorBoard callback cannot write event files without it (tests/test_callbacks.py).
+TENSORBOARD = ["tensorboard>=2.16"]
+TEST = [
+    "pytest>=8",
+    "hypothesis>=6",
+    "ruff>=0.6",
+    *EXAMPLES,
+    *DOCS,
+    *NOTEBOOKS,
+    *CONNECT,
+    *TENSORBOARD,
+]
 
 setup(
     name="distkeras",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from distkeras.algorithms import registry
 from distkeras.errors import DistKerasError
+from distkeras.quiet import import_tensorflow
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -416,9 +417,9 @@ COMMANDS = {"train": _train, "predict": _predict, "demo": _demo}
 
 def main(argv=None) -> int:
     """Runs `distkeras COMMAND ...`; returns the exit code (2 for bad options or paths)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    import_tensorflow()  # before Spark and the model: without TensorFlow's start-up chatter
     try:
         return COMMANDS[args.command](args)
     except UsageError as error:

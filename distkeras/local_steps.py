@@ -6,11 +6,18 @@ inside one `tf.function` loop, so a window of λ steps costs one Python call, no
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
 class WindowRunner:
     """Runs windows of training steps on a compiled Keras model (TensorFlow backend).
+
+    Each runner traces its own window function (`reduce_retracing`: an epoch's smaller last
+    window retraces it once, with the row count left open), and TensorFlow keeps tracing
+    statistics per runner, so many short fits in one executor process (a new model each)
+    do not trip its "excessive retracing" warning.
 
     Args:
         model: a compiled keras.Model.
@@ -22,23 +29,10 @@ class WindowRunner:
 
         self.model = model
         self.batch_size = batch_size
-        self._tf = tf
-        self._run = tf.function(self._steps, reduce_retracing=True)
+        # A callable object, not a method: TensorFlow keys its retracing statistics on a
+        # function's code, which every runner would share, but on the object itself here.
+        self._run = tf.function(_WindowSteps(model, batch_size), reduce_retracing=True)
         self._steps_done = 0
-
-    def _steps(self, data):
-        tf = self._tf
-        size = self.batch_size
-        rows = tf.shape(tf.nest.flatten(data)[0])[0]
-        steps = (rows + size - 1) // size
-        # The first step runs outside the loop: Keras creates metric and optimizer variables
-        # lazily on it, and variables cannot be created inside a while loop.
-        self.model.train_step(tf.nest.map_structure(lambda t: t[:size], data))
-        for step in tf.range(1, steps):
-            start = step * size
-            batch = tf.nest.map_structure(lambda t, s=start: t[s : s + size], data)
-            self.model.train_step(batch)
-        return steps
 
     def run(self, x, y, sample_weight=None) -> int:
         """Trains on all rows of (x, y), batch by batch, each row's loss weighted by
@@ -56,10 +50,37 @@ class WindowRunner:
             name: float(np.mean(value)) for name, value in _flat(self.model.get_metrics_result())
         }
 
+    def finite_loss(self) -> bool:
+        """False once the running loss is NaN or infinite (True before any step)."""
+        return math.isfinite(self.logs().get("loss", 0.0))
+
     def reset(self) -> None:
         """Starts new running means (at the start of an epoch)."""
         self.model.reset_metrics()
         self._steps_done = 0
+
+
+class _WindowSteps:
+    """The traced body: `train_step` on each batch of a window, in one TensorFlow loop."""
+
+    def __init__(self, model, batch_size: int):
+        self.model = model
+        self.batch_size = batch_size
+
+    def __call__(self, data):
+        import tensorflow as tf
+
+        size = self.batch_size
+        rows = tf.shape(tf.nest.flatten(data)[0])[0]
+        steps = (rows + size - 1) // size
+        # The first step runs outside the loop: Keras creates metric and optimizer variables
+        # lazily on it, and variables cannot be created inside a while loop.
+        self.model.train_step(tf.nest.map_structure(lambda t: t[:size], data))
+        for step in tf.range(1, steps):
+            start = step * size
+            batch = tf.nest.map_structure(lambda t, s=start: t[s : s + size], data)
+            self.model.train_step(batch)
+        return steps
 
 
 def _flat(results: dict):

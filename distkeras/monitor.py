@@ -1,20 +1,20 @@
-"""The driver's view of a training run, built from the workers' progress reports.
+"""The driver's room where workers' progress reports come in and Keras callback events go out.
 
-TrainingMonitor runs on the driver's main thread while the Spark job runs in a background
-thread: it draws the progress bar, closes an epoch once every worker has finished it, runs
-validation on the center weights, and drives Keras callbacks (History among them).
+TrainingMonitor turns the reports the workers send through the parameter server into the
+events `keras.Model.fit` fires, on the driver's main thread: epoch and train-batch events from
+the reports, test events from validating the center. It draws nothing and keeps no history:
+Keras' ProgbarLogger (the progress bar) and History are ordinary callbacks in the CallbackList,
+added as `model.fit` adds them, and validation is Keras' `evaluate` with that same list.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import sys
 import time
 
-import numpy as np
-
 from distkeras.errors import WorkerError
+from distkeras.learning_rate import RatePublisher
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +22,41 @@ STARTUP_GRACE = 180.0  # seconds a worker may take to start before its first rep
 
 
 class TrainingMonitor:
-    """Follows one training run.
+    """Follows one training run and fires its callback events.
+
+    What a batch is: one worker's local step on `batch_size` rows. An epoch has `steps` batches,
+    the sum over workers of their batches per epoch (the first report of each worker gives
+    its count); `steps` is in the callbacks' params once every worker has started, and it is
+    what the progress bar counts to.
+
+    When batch hooks fire: once per worker report, not once per step. A worker reports after a
+    window of local steps once `report_interval` (0.5 s) has passed since its last report, and
+    at the end of each of its epochs. `on_train_batch_begin(first)` and
+    `on_train_batch_end(last, logs)` then name the first and last step the report adds, 0-based
+    within the epoch and counted over all workers (as `model.fit` does with
+    `steps_per_execution` > 1), so the indices only grow and the last one of an epoch is
+    `steps - 1`. The logs are the epoch's running loss and metrics over every worker's steps so
+    far (each worker's running means, weighted by its steps). Steps a worker runs in an epoch
+    the driver has not begun yet are announced when that epoch begins. Batch hooks wait until
+    every worker has started.
+
+    When an epoch ends: once every worker has finished it. The model then gets the center as
+    it was at that moment, validation runs on it (`on_test_begin`, `on_test_batch_*`,
+    `on_test_end`), and `on_epoch_end` gets the epoch's logs plus `val_*`. A callback that sets
+    `model.stop_training` (EarlyStopping, TerminateOnNaN) asks the server to stop the workers
+    at their next exchange; the epoch they are in still ends, as in `model.fit`.
+
+    After every event it hands what callbacks changed to the server: a stop request, and the
+    driver optimizer's learning rate, which workers take from their next exchange
+    (distkeras.learning_rate). Left to Keras: drawing, History, and what each callback does.
 
     Args:
         model: the driver's compiled Keras model; it receives the center weights at every
             epoch end, before validation and callbacks see it.
-        callbacks: a keras.callbacks.CallbackList (with History) bound to `model`.
+        callbacks: a keras.callbacks.CallbackList (with History and, unless silent, a
+            ProgbarLogger) bound to `model`.
         num_workers: workers in the run.
         epochs: epochs each worker trains.
-        verbose: 0 (silent) or 1 (progress bar).
         validation: an optional inputs.ValidationSet, evaluated on the center weights at
             the ends of the epochs it selects.
         worker_timeout: seconds a worker may stay silent before the run fails.
@@ -44,7 +70,6 @@ class TrainingMonitor:
         callbacks,
         num_workers: int,
         epochs: int,
-        verbose: int = 1,
         validation=None,
         worker_timeout: float = 600.0,
         first_epoch: int = 0,
@@ -55,42 +80,50 @@ class TrainingMonitor:
         self.callbacks = callbacks
         self.num_workers = num_workers
         self.epochs = epochs
-        self.verbose = verbose
         self.validation = validation
         self.worker_timeout = worker_timeout
         self.reports: queue.Queue = queue.Queue()
         self.rows: dict[int, int] = {}
-        self.progress: dict[int, tuple[int, int]] = {}  # worker -> (epoch, samples)
-        self.latest_logs: dict[int, dict] = {}
-        self.finished: dict[int, dict[int, dict]] = {}  # epoch -> worker -> logs
+        self.steps_per_epoch: dict[int, int] = {}  # worker -> its steps per epoch
         self.last_heard: dict[int, float] = {}
         self.done: set[int] = set()
+        self._steps: dict[int, dict[int, int]] = {}  # epoch -> worker -> steps done
+        self._logs: dict[int, dict[int, dict]] = {}  # epoch -> worker -> running logs
+        self._finished: dict[int, set[int]] = {}  # epoch -> workers that finished it
         self._done_by_epoch: dict[int, set[int]] = {}  # written by on_report only
-        self._centers: dict[int, list] = {}  # epoch -> center when the epoch completed
+        self._centers: dict[int, tuple[list, int]] = {}  # epoch -> (center, updates) at its end
+        self._announced = 0  # steps of the current epoch announced to the callbacks
         self.epoch = first_epoch
         self.checkpointer = checkpointer
         self.retries = 0
         self.starts: dict[int, int] = {}
         self.epoch_logs: dict = {}
         self.stopped = False
-        self._bar = None
+        self._stop_sent = False
+        # Built before on_train_begin: the workers keep their own rate until a callback sets one.
+        self._rates = RatePublisher(model.optimizer)
 
     def attach(self, server) -> None:
-        """Binds the run's ParameterServer, before it starts serving."""
+        """Binds the run's ParameterServer (or placement.RemoteServer), before it serves."""
         self.server = server
+
+    def begin(self) -> None:
+        """Fires the first epoch's `on_epoch_begin`, before any worker starts."""
+        self._begin_epoch(self.epoch)
 
     def on_report(self, report: dict) -> None:
         """Receives a report from a server thread (the server serialises these calls).
 
-        The report completing an epoch carries a snapshot of the center taken right then,
-        so that validation sees the center of that epoch even when the driver gets to it
-        after the workers have moved on.
+        The report completing an epoch carries a snapshot of the center and of the server's
+        update count taken right then, so that validation and the epoch's update count are
+        those of that epoch even when the driver gets to them after the workers moved on.
         """
         if report.get("epoch_done"):
             done = self._done_by_epoch.setdefault(int(report["epoch"]), set())
             done.add(int(report["worker_id"]))
             if len(done) == self.num_workers:
-                report = {**report, "center": self.server.get_weights()}
+                snapshot = (self.server.get_weights(), self.server.num_updates)
+                report = {**report, "center": snapshot}
         self.reports.put(report)
 
     def follow(self, job) -> None:
@@ -105,7 +138,6 @@ class TrainingMonitor:
         """
         started = time.monotonic()
         self.last_heard = {worker: started for worker in range(self.num_workers)}
-        self.callbacks.on_epoch_begin(self.epoch)
         while job.is_alive():
             self._drain(timeout=0.1)
             if self.server.failure is not None:
@@ -128,7 +160,6 @@ class TrainingMonitor:
             return
         while True:
             self._handle(report)
-            self._draw()
             try:
                 report = self.reports.get_nowait()
             except queue.Empty:
@@ -156,70 +187,103 @@ class TrainingMonitor:
             self.done.add(worker)
             return
         if "rows" in report:  # a worker's first report: a second one means a retried stage
-            self.starts[worker] = self.starts.get(worker, 0) + 1
-            self.retries = max(self.retries, self.starts[worker] - 1)
-            self.rows[worker] = int(report["rows"])
+            self._started(worker, report)
         epoch = int(report.get("epoch", 0))
-        logs = report.get("logs") or {}
-        if logs:
-            self.latest_logs[worker] = logs
-        self.progress[worker] = (epoch, int(report.get("samples", 0)))
+        if "steps" in report:
+            self._steps.setdefault(epoch, {})[worker] = int(report["steps"])
+        if report.get("logs"):
+            self._logs.setdefault(epoch, {})[worker] = report["logs"]
         if "center" in report:
             self._centers[epoch] = report["center"]
         if report.get("epoch_done"):
-            self.finished.setdefault(epoch, {})[worker] = logs
-            self.progress[worker] = (epoch + 1, 0)
+            self._finished.setdefault(epoch, set()).add(worker)
+        self._announce_steps()
         while not self.stopped and self.epoch < self.epochs and self._epoch_complete(self.epoch):
             self._close_epoch(self.epoch)
 
+    def _started(self, worker: int, report: dict) -> None:
+        self.starts[worker] = self.starts.get(worker, 0) + 1
+        self.retries = max(self.retries, self.starts[worker] - 1)
+        self.rows[worker] = int(report["rows"])
+        self.steps_per_epoch[worker] = int(report["steps_per_epoch"])
+        if len(self.steps_per_epoch) == self.num_workers and self._steps_total() is None:
+            steps = sum(self.steps_per_epoch.values())
+            self.callbacks.set_params({**self.callbacks.params, "steps": steps})
+            for callback in self.callbacks.callbacks:
+                # ProgbarLogger made its bar at on_epoch_begin, before the count was known;
+                # Keras itself sets a bar's target late when it learns it (_finalize_progbar).
+                progbar = getattr(callback, "progbar", None)
+                if progbar is not None and progbar.target is None:
+                    progbar.target = steps
+
+    def _steps_total(self) -> int | None:
+        return (self.callbacks.params or {}).get("steps")
+
     def _epoch_complete(self, epoch: int) -> bool:
-        return len(self.finished.get(epoch, {})) == self.num_workers
+        return len(self._finished.get(epoch, ())) == self.num_workers
+
+    def _announce_steps(self) -> None:
+        """Fires one pair of batch hooks for the steps of the current epoch not yet announced."""
+        total = self._steps_total()
+        if total is None or self.stopped or self.epoch >= self.epochs:
+            return
+        done = min(sum(self._steps.get(self.epoch, {}).values()), total)
+        if done <= self._announced:
+            return
+        first, self._announced = self._announced, done
+        self.callbacks.on_train_batch_begin(first)
+        self.callbacks.on_train_batch_end(done - 1, self._running_logs(self.epoch))
+        self._after_event()
+
+    def _running_logs(self, epoch: int) -> dict[str, float]:
+        steps, logs = self._steps.get(epoch, {}), self._logs.get(epoch, {})
+        return weighted_mean_logs((steps.get(worker, 0), logs[worker]) for worker in logs)
+
+    def _begin_epoch(self, epoch: int) -> None:
+        self._announced = 0
+        self.callbacks.on_epoch_begin(epoch)
+        self._after_event()
+        self._announce_steps()  # steps that workers ahead of the driver already ran
 
     def _close_epoch(self, epoch: int) -> None:
-        logs = mean_logs(self.finished[epoch].values())
-        center = self._centers.pop(epoch, None)
+        logs = self._running_logs(epoch)
+        center, updates = self._centers.pop(epoch, (None, None))
         self.model.set_weights(center if center is not None else self.server.get_weights())
+        logger.info("epoch %d ended after %s server updates", epoch + 1, updates)
+        for progress in (self._steps, self._logs, self._finished):
+            progress.pop(epoch, None)
         if self.validation is not None and self.validation.due(epoch):
-            logs.update(self.validation.evaluate(self.model))
-        if self._bar is not None:
-            self._bar.stateful_metrics.update(logs)
-            self._bar.update(self._bar.target, values=list(logs.items()), finalize=True)
-            self._bar = None
+            logs.update(self.validation.evaluate(self.model, callbacks=self.callbacks))
         self.epoch = epoch + 1  # epochs completed, also if a callback interrupts below
         self.server.set_epoch(self.epoch)
         self.epoch_logs = logs
-        self.latest_logs = {}
         self.callbacks.on_epoch_end(epoch, logs)
         if getattr(self.model, "stop_training", False):
             logger.info("a callback stopped training after epoch %d", epoch + 1)
             self.stopped = True
-            self.server.request_stop()
+            self._after_event()
         elif self.epoch < self.epochs:
-            self.callbacks.on_epoch_begin(self.epoch)
+            self._begin_epoch(self.epoch)
 
-    def _draw(self) -> None:
-        if not self.verbose or self.stopped or self.epoch >= self.epochs:
-            return
-        if len(self.rows) < self.num_workers:
-            return
-        if self._bar is None:
-            import keras
-
-            sys.stdout.write(f"Epoch {self.epoch + 1}/{self.epochs}\n")  # as keras' ProgbarLogger
-            self._bar = keras.utils.Progbar(sum(self.rows.values()), verbose=self.verbose)
-        done = 0
-        for worker, (epoch, samples) in self.progress.items():
-            done += self.rows.get(worker, 0) if epoch > self.epoch else samples
-        values = list(mean_logs(self.latest_logs.values()).items())
-        values.append(("updates", self.server.num_updates))
-        self._bar.stateful_metrics.update(name for name, _ in values)
-        self._bar.update(min(done, self._bar.target - 1), values=values)
+    def _after_event(self) -> None:
+        """Passes what a callback changed on to the server: a stop request (once), and the
+        learning rate, which workers take from their next exchange."""
+        if getattr(self.model, "stop_training", False) and not self._stop_sent:
+            self._stop_sent = True
+            self.server.request_stop()
+        self._rates.update(self.server.publish)
 
 
-def mean_logs(all_logs) -> dict[str, float]:
-    """The mean of each metric over several workers' logs (empty logs are skipped)."""
-    merged: dict[str, list[float]] = {}
-    for logs in all_logs:
+def weighted_mean_logs(weighted_logs) -> dict[str, float]:
+    """The mean of each metric over several workers' (steps, logs), weighted by steps.
+
+    Workers' logs are running means over their steps, so the weighted mean is the running
+    mean over all their steps. Logs of zero steps are skipped.
+    """
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for steps, logs in weighted_logs:
         for name, value in logs.items():
-            merged.setdefault(name, []).append(float(value))
-    return {name: float(np.mean(values)) for name, values in merged.items()}
+            sums[name] = sums.get(name, 0.0) + steps * float(value)
+            weights[name] = weights.get(name, 0.0) + steps
+    return {name: sums[name] / weights[name] for name in sums if weights[name] > 0}

@@ -182,6 +182,9 @@ class ReportRelay:
         self.server.set_epoch(meta["epoch"])
         if meta["stop"]:
             self.server.request_stop()
+        published = meta.get("published")
+        if isinstance(published, dict) and published:  # e.g. a learning rate the driver set
+            self.server.publish(**published)
         if meta["release"]:
             self.released.set()
         with self._lock:
@@ -291,6 +294,7 @@ class RemoteServer:
         self._stats: dict = {}
         self._epoch = 0
         self._stop = False
+        self._published: dict = {}
         self._client = None
         self._error: Exception | None = None
         self._lost_at: float | None = None
@@ -345,6 +349,10 @@ class RemoteServer:
         """Sent with the next poll."""
         self._stop = True
 
+    def publish(self, **fields) -> None:
+        """Fields for the server to publish to its workers; sent with the next poll."""
+        self._published.update(fields)
+
     def stats(self) -> dict:
         """The server's counters as of the last poll."""
         return {**self._stats, "placement": "cluster"}
@@ -382,7 +390,7 @@ class RemoteServer:
             self._client = self._connect()
             logger.info("following the in-cluster parameter server at %s:%d", *self.address)
             while not self._closing.is_set():
-                meta, _ = self._client.watch(self._epoch, self._stop)
+                meta, _ = self._client.watch(self._epoch, self._stop, published=self._published)
                 self._take(meta)
                 for report in meta["reports"]:
                     if report.get("finished"):

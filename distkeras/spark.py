@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 
+from distkeras.quiet import QUIET_ENV
+
 logger = logging.getLogger(__name__)
 
 MIN_JAVA_VERSION = 17
@@ -99,6 +101,8 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.driver.memory", "4g")  # local mode: executors live in the driver JVM
     )
+    for name, value in QUIET_ENV.items():  # executors start TensorFlow without its chatter
+        builder = builder.config(f"spark.executorEnv.{name}", os.environ.get(name, value))
     for key, value in (conf or {}).items():
         builder = builder.config(key, str(value))
     session = builder.getOrCreate()

@@ -114,3 +114,21 @@ def _check_count(shapes, columns, parts: str, given: str, argument: str) -> None
             f"The model has {len(shapes)} {parts} but {len(columns)} {given} were given. "
             f"Received: {argument}={list(columns)}"
         )
+
+
+def check_callbacks(callbacks) -> None:
+    """Refuses callbacks the trainers cannot honour, naming them.
+
+    Raises:
+        ValueError: for `keras.callbacks.BackupAndRestore`, whose restore sets Keras' own
+            training loop's epoch; the trainers' `checkpoint_dir`/`resume_from` do its job.
+    """
+    import keras
+
+    for callback in callbacks or ():
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            raise ValueError(
+                "`keras.callbacks.BackupAndRestore` is not supported by the distkeras trainers: "
+                "pass `checkpoint_dir=` to the trainer and `resume_from=` to resume instead. "
+                f"Received: callbacks containing {callback!r}"
+            )

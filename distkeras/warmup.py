@@ -21,7 +21,9 @@ SCHEMA = "imported long"
 
 def import_keras(batches):
     """`mapInArrow` function: imports Keras (and TensorFlow) in this Python worker."""
-    import keras  # noqa: F401  the import is the point
+    from distkeras.quiet import import_tensorflow
+
+    import_tensorflow()  # the import is the point; without TensorFlow's start-up chatter
     import pyarrow as pa
 
     for _ in batches:

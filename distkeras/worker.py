@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = (
     "worker long, rows long, first_epoch long, samples long, commits long, seconds double, "
-    "spill_bytes long, memory_growth long"
+    "spill_bytes long, memory_growth long, "
+    "learning_rates array<double>"  # the rate at the end of each epoch; NaN: a schedule's
 )
 
 
@@ -117,8 +119,9 @@ def describe(error: BaseException) -> str:
 
 
 def _configure_threads(threads: int) -> None:
-    import tensorflow as tf
+    from distkeras.quiet import import_tensorflow
 
+    tf = import_tensorflow()  # the executor's first TensorFlow import: without its chatter
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -140,11 +143,13 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     growth = PeakGrowth()  # from here on, memory should not grow with the partition
     with SpillSource(batches, plan.columns) as source:
         summary = _train_epochs(plan, worker_id, model, runner, source)
+    rates = summary.pop("learning_rates")
     return {  # in SUMMARY_SCHEMA's order
         **summary,
         "seconds": time.monotonic() - started,
         "spill_bytes": source.nbytes,
         "memory_growth": growth.bytes(),
+        "learning_rates": rates,
     }
 
 
@@ -168,13 +173,17 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
     A window larger than a piece of the shuffle buffer (e.g. a whole epoch) is trained in
     pieces of whole batches and exchanged once, at its end.
     """
+    from distkeras.learning_rate import RateFollower
     from distkeras.parameter_server import Client
 
     algorithm = plan.algorithm
     window_rows = (algorithm.window or 1 << 40) * plan.batch_size
     piece_rows = plan.batch_size * max(1, min(window_rows, source.piece_rows) // plan.batch_size)
     rng = np.random.default_rng(None if plan.seed is None else plan.seed + worker_id)
+    rates = RateFollower(model.optimizer)
+    epoch_rates = []  # the rate in force at the end of each epoch, for the summary
     samples = commits = 0
+    diverged = False
     with Client(
         plan.address,
         plan.secret,
@@ -184,14 +193,21 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
     ) as client:
         reference = algorithm.local_weights(client.pull(), worker_id)
         model.set_weights(reference)
+        rates.follow(client.published)  # a rate the driver set before training: from step one
         first_epoch = max(plan.first_epoch, client.epoch)  # later in a retried stage
         epoch_rows = plan.epoch_rows(source.rows)
-        client.report(epoch=first_epoch, samples=0, rows=epoch_rows, logs={})
+        client.report(
+            epoch=first_epoch,
+            samples=0,
+            steps=0,
+            rows=epoch_rows,
+            steps_per_epoch=-(-epoch_rows // plan.batch_size),
+        )
         last_report = time.monotonic()
         for epoch in range(first_epoch, plan.num_epoch):
             runner.reset()
             reader = source.epoch(rng if plan.shuffle else None)
-            done = in_window = 0
+            done = in_window = steps = 0
             while (
                 done < epoch_rows
                 and (
@@ -201,26 +217,52 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
                 )
                 is not None
             ):
-                runner.run(*_model_data(plan, columns, model))
+                steps += runner.run(*_model_data(plan, columns, model))
                 taken = len(columns[plan.feature_cols[0]])
                 done += taken
                 in_window += taken
                 if in_window < window_rows and reader.remaining and done < epoch_rows:
                     continue
                 in_window = 0
-                weights, reference = algorithm.worker_rule(model.get_weights(), reference, client)
+                local = model.get_weights()
+                if not runner.finite_loss() or not all(np.isfinite(w).all() for w in local):
+                    logger.warning(
+                        "worker %d: its loss or weights became NaN or infinite by step %d of "
+                        "epoch %d; it stops without committing them",
+                        worker_id,
+                        steps,
+                        epoch + 1,
+                    )
+                    diverged = True  # the epoch's report carries the loss (TerminateOnNaN)
+                    break
+                weights, reference = algorithm.worker_rule(local, reference, client)
                 model.set_weights(weights)
+                rates.follow(client.published)
                 commits += 1
                 if plan.on_exchange is not None:
                     plan.on_exchange(worker_id, commits)
                 if client.stop_requested:
                     break
                 if time.monotonic() - last_report >= plan.report_interval:
-                    client.report(epoch=epoch, samples=done, logs=runner.logs())
+                    client.report(
+                        epoch=epoch,
+                        samples=done,
+                        steps=steps,
+                        logs=runner.logs(),
+                        learning_rate=rates.rate,
+                    )
                     last_report = time.monotonic()
             samples += done
-            client.report(epoch=epoch, samples=done, logs=runner.logs(), epoch_done=True)
-            if client.stop_requested:
+            epoch_rates.append(math.nan if rates.rate is None else rates.rate)
+            client.report(
+                epoch=epoch,
+                samples=done,
+                steps=steps,
+                logs=runner.logs(),
+                learning_rate=rates.rate,
+                epoch_done=True,
+            )
+            if client.stop_requested or diverged:
                 break
         client.leave()
         client.report(finished=True, samples=samples)
@@ -230,4 +272,5 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
         "first_epoch": first_epoch,
         "samples": samples,
         "commits": commits,
+        "learning_rates": epoch_rates,
     }

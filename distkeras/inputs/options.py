@@ -123,8 +123,9 @@ class ValidationSet:
             return (epoch + 1) % self.freq == 0
         return epoch + 1 in self.freq
 
-    def evaluate(self, model) -> dict[str, float]:
-        """The model's loss and metrics on these rows, named `val_*`."""
+    def evaluate(self, model, callbacks=None) -> dict[str, float]:
+        """The model's loss and metrics on these rows, named `val_*`; `callbacks` (a fit's
+        CallbackList) get the test events, as in `keras.Model.fit`."""
         results = model.evaluate(
             self.x,
             self.y,
@@ -132,6 +133,7 @@ class ValidationSet:
             batch_size=self.batch_size,
             steps=self.steps,
             verbose=0,
+            callbacks=callbacks,
             return_dict=True,
         )
         return {f"val_{name}": float(value) for name, value in results.items()}

@@ -200,7 +200,7 @@ class Client:
         self._request(MsgType.REPORT, MsgType.ACK, {"fields": fields})
 
     def watch(
-        self, epoch: int, stop: bool = False, release: bool = False
+        self, epoch: int, stop: bool = False, release: bool = False, published: dict | None = None
     ) -> tuple[dict[str, Any], list[np.ndarray]]:
         """Observer only: tells the server the driver's state, returns the news since the
         last call (REPORTS metadata: `reports`, `clock`, ... and the arrays it carries).
@@ -209,8 +209,11 @@ class Client:
             epoch: Epochs the driver has completed.
             stop: The driver asks the workers to stop (a callback set `stop_training`).
             release: The driver has what it needs; the server's host may stop it.
+            published: Fields the server publishes to its workers (e.g. `learning_rate`).
         """
         meta = {"epoch": int(epoch), "stop": bool(stop), "release": bool(release)}
+        if published:
+            meta["published"] = dict(published)
         reply = self._request(MsgType.WATCH, MsgType.REPORTS, meta)
         self.clock = reply.meta["clock"]
         return reply.meta, reply.arrays

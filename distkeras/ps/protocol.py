@@ -73,7 +73,7 @@ class MsgType(enum.IntEnum):
     REPORT = 13  # client -> server: {"fields"}
     LEAVE = 14  # client -> server: {}
     GOODBYE = 15  # client -> server: {}; no reply
-    WATCH = 16  # observer -> server: {"epoch", "stop", "release"}; reply is REPORTS
+    WATCH = 16  # observer -> server: {"epoch", "stop", "release"[, "published"]}; REPORTS
     WEIGHTS = 20  # server -> client: {"clock", "stop", "arrays"} + payload
     ACK = 21  # server -> client: {"clock", "stop"}
     ERROR = 22  # either way: {"error"}

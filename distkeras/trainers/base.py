@@ -341,6 +341,7 @@ class Trainer:
     ) -> None:
         import keras
 
+        validation.check_callbacks(callbacks)
         train = fit_inputs.train
         self._check_input(train)
         spark = train.frame.sparkSession
@@ -370,8 +371,14 @@ class Trainer:
             self.metrics,
         )
         verbose = 1 if verbose == "auto" else int(verbose)
-        callback_list = keras.callbacks.CallbackList(
-            callbacks, add_history=True, model=model, epochs=epochs, verbose=verbose
+        callback_list = keras.callbacks.CallbackList(  # as keras.Model.fit makes it
+            callbacks,
+            add_history=True,
+            add_progbar=verbose != 0,
+            model=model,
+            verbose=verbose,
+            epochs=epochs,
+            steps=None,  # known once every worker has started (see TrainingMonitor)
         )
         frame = self._partition(data.columnar_frame(train.frame, train.columns))
         monitor = TrainingMonitor(
@@ -379,7 +386,6 @@ class Trainer:
             callback_list,
             self.num_workers,
             epochs,
-            verbose=verbose,
             validation=fit_inputs.validation,
             worker_timeout=self.worker_timeout,
             first_epoch=first_epoch,
@@ -401,8 +407,8 @@ class Trainer:
         job = None
         started = time.monotonic()
         model.stop_training = False
-        callback_list.on_train_begin()
         monitor.attach(server)
+        callback_list.on_train_begin()
         try:
             server.start()
             where = placement.choose(
@@ -426,6 +432,7 @@ class Trainer:
                 hosted = placement.ServerPlan(
                     where.port, self.num_workers, round_timeout, certificate=certificate
                 )
+            monitor.begin()  # on_epoch_begin: before any worker's first step
             plan = WorkerPlan(
                 model=spec,
                 algorithm=algorithm,
