@@ -48,12 +48,14 @@ def test_remote_server_follows_reports_and_releases_with_the_final_weights(hoste
             a.commit([np.ones(3, np.float32)])
             a.report(epoch=0, samples=10, epoch_done=True)
             remote.set_epoch(1)
+            remote.publish(learning_rate=0.25)  # a rate a driver's callback set
             remote.request_stop()
             deadline = time.monotonic() + 10
             while not b.stop_requested and time.monotonic() < deadline:
                 b.pull()
                 time.sleep(0.05)
             assert b.stop_requested and b.epoch == 1
+            assert b.published["learning_rate"] == 0.25
             b.commit([np.ones(3, np.float32)])
             a.report(finished=True, samples=10)
             b.report(finished=True, samples=0)
