@@ -204,6 +204,17 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
             steps_per_epoch=-(-epoch_rows // plan.batch_size),
         )
         last_report = time.monotonic()
+
+        def report_progress(**extra) -> None:  # the current epoch's steps, logs and rate
+            client.report(
+                epoch=epoch,
+                samples=done,
+                steps=steps,
+                logs=runner.logs(),
+                learning_rate=rates.rate,
+                **extra,
+            )
+
         for epoch in range(first_epoch, plan.num_epoch):
             runner.reset()
             reader = source.epoch(rng if plan.shuffle else None)
@@ -244,24 +255,11 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
                 if client.stop_requested:
                     break
                 if time.monotonic() - last_report >= plan.report_interval:
-                    client.report(
-                        epoch=epoch,
-                        samples=done,
-                        steps=steps,
-                        logs=runner.logs(),
-                        learning_rate=rates.rate,
-                    )
+                    report_progress()
                     last_report = time.monotonic()
             samples += done
             epoch_rates.append(math.nan if rates.rate is None else rates.rate)
-            client.report(
-                epoch=epoch,
-                samples=done,
-                steps=steps,
-                logs=runner.logs(),
-                learning_rate=rates.rate,
-                epoch_done=True,
-            )
+            report_progress(epoch_done=True)
             if client.stop_requested or diverged:
                 break
         client.leave()
