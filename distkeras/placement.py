@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -182,9 +183,9 @@ class ReportRelay:
         self.server.set_epoch(meta["epoch"])
         if meta["stop"]:
             self.server.request_stop()
-        published = meta.get("published")
-        if isinstance(published, dict) and published:  # e.g. a learning rate the driver set
-            self.server.publish(**published)
+        rate = (meta.get("published") or {}).get("learning_rate")
+        if type(rate) is float and math.isfinite(rate) and rate >= 0:  # a driver's callback set it
+            self.server.publish(learning_rate=rate)
         if meta["release"]:
             self.released.set()
         with self._lock:

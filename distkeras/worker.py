@@ -206,14 +206,9 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
         last_report = time.monotonic()
 
         def report_progress(**extra) -> None:  # the current epoch's steps, logs and rate
-            client.report(
-                epoch=epoch,
-                samples=done,
-                steps=steps,
-                logs=runner.logs(),
-                learning_rate=rates.rate,
-                **extra,
-            )
+            if rates.rate is not None:
+                extra["learning_rate"] = rates.rate
+            client.report(epoch=epoch, samples=done, steps=steps, logs=runner.logs(), **extra)
 
         for epoch in range(first_epoch, plan.num_epoch):
             runner.reset()

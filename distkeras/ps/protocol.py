@@ -115,6 +115,9 @@ REPORT_FIELDS: dict[str, Any] = {
     "epoch": (int, 0, 10**9),
     "samples": (int, 0, 2**53),
     "rows": (int, 0, 2**53),
+    "steps": (int, 0, 2**53),  # the worker's batches so far in this epoch
+    "steps_per_epoch": (int, 0, 2**53),
+    "learning_rate": float,  # the rate the worker trains with (absent: a schedule's)
     "logs": dict,  # metric name -> number (see check_report)
     "epoch_done": bool,
     "finished": bool,
