@@ -40,6 +40,29 @@ def run(session, placement: str, arrays: dict, test, epochs: int):
     return wall, trainer.get_training_time(), accuracy(model, *test)
 
 
+def measure(sessions: dict, arrays: dict, test, epochs: int, rounds: int) -> dict:
+    """Warm-up runs, then `rounds` alternating rounds; setup name -> list of run results."""
+
+    def one(setup):
+        _, kind, placement = setup
+        if kind == "connect":  # PySpark builds Connect columns only in Connect mode
+            os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+        try:
+            return run(sessions[kind], placement, arrays, test, epochs)
+        finally:
+            os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
+
+    for setup in SETUPS[:2]:  # warm-up: each session's Python workers import TensorFlow
+        one(setup)
+    results = {setup[0]: [] for setup in SETUPS}
+    for round_ in range(rounds):
+        for setup in SETUPS:
+            results[setup[0]].append(one(setup))
+            wall, job, acc = results[setup[0]][-1]
+            print(f"round {round_ + 1}: {setup[0]}: {wall:.1f} s ({job:.1f} s job), {acc:.4f}")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
@@ -58,25 +81,10 @@ def main() -> None:
     spark = get_spark_session("local[2]", app_name="distkeras-connect-bench")
     with serve_connect(spark) as url:
         sessions = {"classic": spark, "connect": ConnectSession.builder.remote(url).create()}
-
-        def one(setup):
-            _, kind, placement = setup
-            if kind == "connect":  # PySpark builds Connect columns only in Connect mode
-                os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
-            try:
-                return run(sessions[kind], placement, arrays, test, args.epochs)
-            finally:
-                os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
-
-        for setup in SETUPS[:2]:  # warm-up: each session's Python workers import TensorFlow
-            one(setup)
-        results = {setup[0]: [] for setup in SETUPS}
-        for round_ in range(args.rounds):
-            for setup in SETUPS:
-                results[setup[0]].append(one(setup))
-                wall, job, acc = results[setup[0]][-1]
-                print(f"round {round_ + 1}: {setup[0]}: {wall:.1f} s ({job:.1f} s job), {acc:.4f}")
-        sessions["connect"].stop()
+        try:
+            results = measure(sessions, arrays, test, args.epochs, args.rounds)
+        finally:
+            sessions["connect"].stop()  # its gRPC channel would keep the process alive
 
     base = statistics.median(r[0] for r in results["classic"])
     print(f"{args.epochs} epochs, {args.rounds} rounds, medians")
