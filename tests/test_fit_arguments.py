@@ -132,3 +132,5 @@ def test_dataframe_labels_are_checked_by_one_aggregate(spark):
         SingleTrainer(small_model()).fit(df, validation_split=0.1)
     with pytest.raises(TypeError, match="sample_weight_col"):
         SingleTrainer(small_model()).fit(df, sample_weight=np.ones(2))
+    with pytest.raises(TypeError, match="`validation_data` is a DataFrame but `x` is not"):
+        SingleTrainer(small_model()).fit(np.zeros((2, 4)), np.array([0, 1]), validation_data=df)

@@ -122,7 +122,9 @@ def prepare(
         labels.check_array_labels(classes, data.labels, names)
         train = columns.from_arrays(spark(), data)
         batch_size = data.batch_size
-    val = _validation(model, validation_data, held_out, options, train, classes, out_names)
+    val = _validation(
+        model, validation_data, held_out, options, train, classes, out_names, is_dataframe(x)
+    )
     return FitInputs(train, val, batch_size)
 
 
@@ -155,14 +157,14 @@ def _label_names(out_names: list[str], count: int, argument: str = "y") -> list[
     return [f"`{argument}[{i}]`" for i in range(count)]
 
 
-def _validation(model, validation_data, held_out, options, train, classes, out_names):
+def _validation(model, validation_data, held_out, options, train, classes, out_names, x_is_frame):
     """The ValidationSet of `validation_data` (or of the held-out rows), or None."""
     if validation_data is None and held_out is None:
         return None
     if held_out is not None:
         data = held_out
     elif is_dataframe(validation_data):
-        data = _collect(model, validation_data, train)
+        data = _collect(model, validation_data, train, x_is_frame)
     elif isinstance(validation_data, (tuple, list)):
         if len(validation_data) not in (2, 3):
             raise ValueError(
@@ -182,13 +184,14 @@ def _validation(model, validation_data, held_out, options, train, classes, out_n
     )
 
 
-def _collect(model, df, train: TrainingColumns) -> ArrayData:
+def _collect(model, df, train: TrainingColumns, x_is_frame: bool) -> ArrayData:
+    """Collects a validation DataFrame's columns, named like those of the DataFrame `x`."""
     from distkeras import data
 
     names = train.features + train.labels
     if train.sample_weight:
         names.append(train.sample_weight)
-    if train.features[0].startswith("__distkeras"):
+    if not x_is_frame:
         raise TypeError(
             "`validation_data` is a DataFrame but `x` is not: give both as DataFrames, or "
             "validation_data as (x_val, y_val). Received: validation_data of type DataFrame"
