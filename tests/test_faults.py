@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -85,9 +86,12 @@ def test_hung_worker_fails_the_run_naming_it(mnist, tmp_path, monkeypatch):
 def test_ctrl_c_stops_quickly_and_keeps_the_weights(tmp_path):
     checkpoints = tmp_path / "ckpt"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    with socket.socket() as probe:  # a port free now, so that the job can check it is freed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     job = subprocess.Popen(
         [sys.executable, str(JOB), "--trainer", "DOWNPOUR", "--epochs", "200", "--rows", "2000",
-         "--ps-port", "47613", "--checkpoint-dir", str(checkpoints)],
+         "--ps-port", str(port), "--checkpoint-dir", str(checkpoints)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )  # fmt: skip
     try:
@@ -99,7 +103,9 @@ def test_ctrl_c_stops_quickly_and_keeps_the_weights(tmp_path):
         out, _ = job.communicate(timeout=60)
     finally:
         job.kill()
-    result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    results = [line for line in out.splitlines() if line.startswith("{")]
+    assert results, f"the job printed no result (exit code {job.returncode}): {out[-2000:]}"
+    result = json.loads(results[-1])
     assert job.returncode == 130 and result["interrupted"]
     assert result["ended"] - signalled < 15
     assert result["port_free"], result

@@ -80,10 +80,8 @@ def tiny(spark):
 
 def test_mnist_pipeline_accuracy_then_save_and_load(mnist_vectors, tmp_path):
     train, test = mnist_vectors
-    estimator = KerasEstimator(
+    estimator = KerasEstimator(  # the default trainer, at the model's own optimizer
         model=mlp(),
-        trainer="adag",
-        optimizer=keras.optimizers.Adam(0.005),
         epochs=5,
         numWorkers=2,
         trainerParams={"seed": 1},
