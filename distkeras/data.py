@@ -315,6 +315,16 @@ def numpy_to_frame(spark, arrays: dict[str, np.ndarray], packed: bool = False):
             instead (see `column_kind`), which Spark hands to Python faster
             (docs/performance.md).
     """
+    table = arrow_table(arrays, packed)
+    try:
+        return spark.createDataFrame(table)
+    except TypeError:  # pyspark < 4.0 takes pandas, not Arrow tables
+        return spark.createDataFrame(table.to_pandas())
+
+
+def arrow_table(arrays: dict[str, np.ndarray], packed: bool = False):
+    """numpy arrays as an Arrow table, one column per array, as `numpy_to_frame` lays them
+    out (the workers read a table built here the way they read such a DataFrame)."""
     import pyarrow as pa
 
     columns = {}
@@ -329,11 +339,7 @@ def numpy_to_frame(spark, arrays: dict[str, np.ndarray], packed: bool = False):
             continue
         flat = np.ascontiguousarray(rows, dtype=PACKED_DTYPE)
         columns[name] = _packed_array(flat) if packed else _list_array(flat)
-    table = pa.table(columns)
-    try:
-        return spark.createDataFrame(table)
-    except TypeError:  # pyspark < 4.0 takes pandas, not Arrow tables
-        return spark.createDataFrame(table.to_pandas())
+    return pa.table(columns)
 
 
 def _list_array(matrix: np.ndarray):

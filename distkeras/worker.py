@@ -1,10 +1,10 @@
 """The per-partition training function that runs in a Spark task.
 
 train_partition: Arrow batches of one partition in, one summary row out. It rebuilds the
-model, spills the partition to a local file (row_source.SpillSource: memory does not grow
-with the partition), authenticates with the parameter server, and alternates windows of
-local steps (local_steps.WindowRunner) with the algorithm's exchange. No sockets beyond the
-Client.
+model, authenticates with the parameter server, spills the partition (or the shard the
+driver sends over that connection) to a local file (row_source.SpillSource: memory does not
+grow with the rows), and alternates windows of local steps (local_steps.WindowRunner) with
+the algorithm's exchange. No sockets beyond the Client.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class WorkerPlan:
         weight_col: the column of per-row loss weights, or None.
         class_weight: {class index: weight} multiplying the rows' weights, or None.
         steps_per_epoch: this worker's batches per epoch, or None for all its rows.
+        direct: the rows come over the connection to the server (`Client.shard`), not
+            from the partition, which is then empty.
     """
 
     model: ModelSpec
@@ -80,6 +82,7 @@ class WorkerPlan:
     class_weight: dict | None = None
     steps_per_epoch: int | None = None
     fingerprint: str | None = None
+    direct: bool = False
 
     @property
     def columns(self) -> list[str]:
@@ -133,6 +136,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     from distkeras.local_steps import WindowRunner
     from distkeras.memory import PeakGrowth
     from distkeras.model_cache import model_and_runner
+    from distkeras.parameter_server import Client
     from distkeras.row_source import SpillSource
 
     started = time.monotonic()
@@ -141,8 +145,16 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         plan.model, plan.custom_objects, plan.batch_size, lambda m: WindowRunner(m, plan.batch_size)
     )
     growth = PeakGrowth()  # from here on, memory should not grow with the partition
-    with SpillSource(batches, plan.columns) as source:
-        summary = _train_epochs(plan, worker_id, model, runner, source)
+    with Client(
+        plan.address,
+        plan.secret,
+        worker_id=worker_id,
+        timeout=plan.timeout,
+        fingerprint=plan.fingerprint,
+    ) as client:
+        rows = _shard_batches(client, plan.columns) if plan.direct else batches
+        with SpillSource(rows, plan.columns) as source:
+            summary = _train_epochs(plan, worker_id, model, runner, source, client)
     rates = summary.pop("learning_rates")
     return {  # in SUMMARY_SCHEMA's order
         **summary,
@@ -151,6 +163,14 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         "memory_growth": growth.bytes(),
         "learning_rates": rates,
     }
+
+
+def _shard_batches(client, columns: list[str]):
+    """The worker's shard, received from the driver chunk by chunk, as Arrow batches."""
+    from distkeras.data import arrow_table
+
+    for arrays in client.shard():
+        yield from arrow_table(dict(zip(columns, arrays)), packed=True).to_batches()
 
 
 def _model_data(plan: WorkerPlan, columns: dict, model) -> tuple:
@@ -167,14 +187,13 @@ def _model_data(plan: WorkerPlan, columns: dict, model) -> tuple:
     return pack(model, "inputs", features), pack(model, "outputs", labels), weights
 
 
-def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> dict:
+def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source, client) -> dict:
     """Alternates windows of local steps with the algorithm's exchange, epoch after epoch.
 
     A window larger than a piece of the shuffle buffer (e.g. a whole epoch) is trained in
     pieces of whole batches and exchanged once, at its end.
     """
     from distkeras.learning_rate import RateFollower
-    from distkeras.parameter_server import Client
 
     algorithm = plan.algorithm
     window_rows = (algorithm.window or 1 << 40) * plan.batch_size
@@ -184,81 +203,72 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source) -> di
     epoch_rates = []  # the rate in force at the end of each epoch, for the summary
     samples = commits = 0
     diverged = False
-    with Client(
-        plan.address,
-        plan.secret,
-        worker_id=worker_id,
-        timeout=plan.timeout,
-        fingerprint=plan.fingerprint,
-    ) as client:
-        reference = algorithm.local_weights(client.pull(), worker_id)
-        model.set_weights(reference)
-        rates.follow(client.published)  # a rate the driver set before training: from step one
-        first_epoch = max(plan.first_epoch, client.epoch)  # later in a retried stage
-        epoch_rows = plan.epoch_rows(source.rows)
-        client.report(
-            epoch=first_epoch,
-            samples=0,
-            steps=0,
-            rows=epoch_rows,
-            steps_per_epoch=-(-epoch_rows // plan.batch_size),
-        )
-        last_report = time.monotonic()
+    reference = algorithm.local_weights(client.pull(), worker_id)
+    model.set_weights(reference)
+    rates.follow(client.published)  # a rate the driver set before training: from step one
+    first_epoch = max(plan.first_epoch, client.epoch)  # later in a retried stage
+    epoch_rows = plan.epoch_rows(source.rows)
+    client.report(
+        epoch=first_epoch,
+        samples=0,
+        steps=0,
+        rows=epoch_rows,
+        steps_per_epoch=-(-epoch_rows // plan.batch_size),
+    )
+    last_report = time.monotonic()
 
-        def report_progress(**extra) -> None:  # the current epoch's steps, logs and rate
-            if rates.rate is not None:
-                extra["learning_rate"] = rates.rate
-            client.report(epoch=epoch, samples=done, steps=steps, logs=runner.logs(), **extra)
+    def report_progress(**extra) -> None:  # the current epoch's steps, logs and rate
+        if rates.rate is not None:
+            extra["learning_rate"] = rates.rate
+        client.report(epoch=epoch, samples=done, steps=steps, logs=runner.logs(), **extra)
 
-        for epoch in range(first_epoch, plan.num_epoch):
-            runner.reset()
-            reader = source.epoch(rng if plan.shuffle else None)
-            done = in_window = steps = 0
-            while (
-                done < epoch_rows
-                and (
-                    columns := reader.take(
-                        min(piece_rows, window_rows - in_window, epoch_rows - done)
-                    )
+    for epoch in range(first_epoch, plan.num_epoch):
+        runner.reset()
+        reader = source.epoch(rng if plan.shuffle else None)
+        done = in_window = steps = 0
+        while (
+            done < epoch_rows
+            and (
+                columns := reader.take(min(piece_rows, window_rows - in_window, epoch_rows - done))
+            )
+            is not None
+        ):
+            steps += runner.run(*_model_data(plan, columns, model))
+            taken = len(columns[plan.feature_cols[0]])
+            done += taken
+            in_window += taken
+            if in_window < window_rows and reader.remaining and done < epoch_rows:
+                continue
+            in_window = 0
+            local = model.get_weights()
+            if not runner.finite_loss() or not all(np.isfinite(w).all() for w in local):
+                logger.warning(
+                    "worker %d: its loss or weights became NaN or infinite by step %d of "
+                    "epoch %d; it stops without committing them",
+                    worker_id,
+                    steps,
+                    epoch + 1,
                 )
-                is not None
-            ):
-                steps += runner.run(*_model_data(plan, columns, model))
-                taken = len(columns[plan.feature_cols[0]])
-                done += taken
-                in_window += taken
-                if in_window < window_rows and reader.remaining and done < epoch_rows:
-                    continue
-                in_window = 0
-                local = model.get_weights()
-                if not runner.finite_loss() or not all(np.isfinite(w).all() for w in local):
-                    logger.warning(
-                        "worker %d: its loss or weights became NaN or infinite by step %d of "
-                        "epoch %d; it stops without committing them",
-                        worker_id,
-                        steps,
-                        epoch + 1,
-                    )
-                    diverged = True  # the epoch's report carries the loss (TerminateOnNaN)
-                    break
-                weights, reference = algorithm.worker_rule(local, reference, client)
-                model.set_weights(weights)
-                rates.follow(client.published)
-                commits += 1
-                if plan.on_exchange is not None:
-                    plan.on_exchange(worker_id, commits)
-                if client.stop_requested:
-                    break
-                if time.monotonic() - last_report >= plan.report_interval:
-                    report_progress()
-                    last_report = time.monotonic()
-            samples += done
-            epoch_rates.append(math.nan if rates.rate is None else rates.rate)
-            report_progress(epoch_done=True)
-            if client.stop_requested or diverged:
+                diverged = True  # the epoch's report carries the loss (TerminateOnNaN)
                 break
-        client.leave()
-        client.report(finished=True, samples=samples)
+            weights, reference = algorithm.worker_rule(local, reference, client)
+            model.set_weights(weights)
+            rates.follow(client.published)
+            commits += 1
+            if plan.on_exchange is not None:
+                plan.on_exchange(worker_id, commits)
+            if client.stop_requested:
+                break
+            if time.monotonic() - last_report >= plan.report_interval:
+                report_progress()
+                last_report = time.monotonic()
+        samples += done
+        epoch_rates.append(math.nan if rates.rate is None else rates.rate)
+        report_progress(epoch_done=True)
+        if client.stop_requested or diverged:
+            break
+    client.leave()
+    client.report(finished=True, samples=samples)
     return {
         "worker": worker_id,
         "rows": source.rows,

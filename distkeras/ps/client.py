@@ -7,12 +7,13 @@ is `distkeras.ps.center`'s. Nothing here knows about Spark or about models.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,9 @@ import numpy as np
 from distkeras.errors import DistKerasError, ProtocolError
 from distkeras.ps import protocol, tls
 from distkeras.ps.protocol import Address, Limits, Message, MsgType, PeerClosed, Stream
+
+SHARD_CHUNK_BYTES = 32 << 20  # the payload of one SHARD reply, at most
+MAX_SHARD_COLUMNS = 256
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +130,7 @@ class Client:
         meta: dict | None = None,
         arrays: Sequence[np.ndarray] = (),
         timeout: float | None = None,
+        limits: Limits | None = None,
     ) -> Message:
         with self._lock:
             stream = self._stream
@@ -134,7 +139,9 @@ class Client:
             try:
                 stream.sock.settimeout(timeout or self._timeout)
                 stream.send(msg_type, meta, arrays)
-                reply = protocol.check_reply(stream.read(self._limits), reply_type, msg_type.name)
+                reply = protocol.check_reply(
+                    stream.read(limits or self._limits), reply_type, msg_type.name
+                )
             except PeerClosed:
                 self._abort()
                 raise ConnectionError("the parameter server closed the connection") from None
@@ -217,6 +224,17 @@ class Client:
         reply = self._request(MsgType.WATCH, MsgType.REPORTS, meta)
         self.clock = reply.meta["clock"]
         return reply.meta, reply.arrays
+
+    def shard(self, max_bytes: int = SHARD_CHUNK_BYTES) -> Iterator[list[np.ndarray]]:
+        """Yields this worker's rows from the driver, a chunk of at most `max_bytes` at a time
+        (one array per column), until the driver says it was the last."""
+        limits = Limits(65536 + 256 * MAX_SHARD_COLUMNS, max_bytes, MAX_SHARD_COLUMNS)
+        for chunk in itertools.count():
+            meta = {"chunk": chunk, "max_bytes": max_bytes}
+            reply = self._request(MsgType.SHARD_REQUEST, MsgType.SHARD, meta, limits=limits)
+            yield reply.arrays
+            if reply.meta["last"]:
+                return
 
     def leave(self) -> None:
         """Round mode: this worker has no more data; removes it from the round set."""

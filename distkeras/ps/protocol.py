@@ -74,10 +74,12 @@ class MsgType(enum.IntEnum):
     LEAVE = 14  # client -> server: {}
     GOODBYE = 15  # client -> server: {}; no reply
     WATCH = 16  # observer -> server: {"epoch", "stop", "release"[, "published"]}; REPORTS
+    SHARD_REQUEST = 17  # client -> server: {"chunk", "max_bytes"}; reply is SHARD
     WEIGHTS = 20  # server -> client: {"clock", "stop", "arrays"} + payload
     ACK = 21  # server -> client: {"clock", "stop"}
     ERROR = 22  # either way: {"error"}
     REPORTS = 23  # server -> observer: {"clock", "stop", "reports", "arrays"} + payload
+    SHARD = 24  # server -> client: {"last", "arrays"} + payload: rows of the worker's shard
 
 
 _HEX_NONCE = ("hex", NONCE_SIZE)
@@ -105,6 +107,8 @@ SCHEMA: dict[MsgType, dict[str, Any]] = {
     MsgType.ERROR: {"error": str},
     MsgType.WATCH: {"epoch": int, "stop": bool, "release": bool},
     MsgType.REPORTS: {"clock": "clock", "stop": bool, "reports": list, "arrays": "specs"},
+    MsgType.SHARD_REQUEST: {"chunk": "count", "max_bytes": "count"},
+    MsgType.SHARD: {"last": bool, "arrays": "specs"},
 }
 _MSG_TYPES = {int(t): t for t in MsgType}
 
@@ -381,7 +385,7 @@ def decode_metadata(msg_type: MsgType, raw: bytes, payload_len: int, limits: Lim
         value = meta[key]
         if kind == "worker_id":
             _check_int(value, key, 0, MAX_WORKER_ID)
-        elif kind == "clock":
+        elif kind in ("clock", "count"):
             _check_int(value, key, 0, MAX_CLOCK)
         elif kind == "specs":
             described = _check_specs(value, key, limits.max_arrays)

@@ -36,6 +36,7 @@ from distkeras.ps.protocol import (
 logger = logging.getLogger(__name__)
 
 Reply = tuple[MsgType, dict, Sequence[np.ndarray]]
+ShardProvider = Callable[[int, int, int], tuple[Sequence[np.ndarray], bool]]
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds from accept an unauthenticated peer has to authenticate
 LINGER_TIMEOUT = 1.0  # seconds spent draining a refused peer so that it can read our error
@@ -132,6 +133,8 @@ class ParameterServer:
         on_report: Called from a server thread (serialized) with each progress report dict.
         on_watch: Answers an observer's WATCH (see `protocol.OBSERVER_ID`): called with its
             metadata, returns the REPORTS metadata and arrays. None: observers are refused.
+        shards: `shards(worker_id, chunk, max_bytes) -> (arrays, last)`: the rows a worker
+            receives over its connection (SHARD_REQUEST), chunk by chunk; None: no data.
         reject_nonfinite: Refuse a commit (or a round) whose application would leave a NaN
             or Inf in the center; the center is left as it was.
         round_rule: `round_rule(center, commits)`; enables round (synchronous) mode, in
@@ -168,6 +171,7 @@ class ParameterServer:
         advertise_host: str | None = None,
         encryption: bool | None = None,
         certificate: tls.RunCertificate | None = None,
+        shards: ShardProvider | None = None,
     ) -> None:
         if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence) or not weights:
             raise ValueError(
@@ -221,6 +225,7 @@ class ParameterServer:
         self._secret = secret if secret is not None else os.urandom(32)
         self._on_report = on_report
         self._on_watch = on_watch
+        self._shards = shards
         self._handshake_timeout = float(handshake_timeout)
         self._max_unauthenticated = max_unauthenticated
         self._max_connections = max_connections
@@ -234,6 +239,7 @@ class ParameterServer:
             MsgType.REPORT: self._on_report_message,
             MsgType.LEAVE: self._on_leave,
             MsgType.WATCH: self._on_watch_message,
+            MsgType.SHARD_REQUEST: self._on_shard,
         }
 
         # Lifecycle: guarded by _state_lock.
@@ -666,6 +672,16 @@ class ParameterServer:
     def _on_leave(self, conn: _Connection, msg: Message) -> Reply:
         self._center.depart(conn.worker_id)
         return MsgType.ACK, self._center.status(), ()
+
+    def _on_shard(self, conn: _Connection, msg: Message) -> Reply:
+        if self._shards is None:
+            raise Refused("this run sends no data over the parameter server")
+        try:
+            arrays, last = self._shards(conn.worker_id, msg.meta["chunk"], msg.meta["max_bytes"])
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        wire = [protocol.wire_array(a, f"shard[{i}]") for i, a in enumerate(arrays)]
+        return MsgType.SHARD, {"last": bool(last)}, wire
 
 
 _ANYONE = (MsgType.PULL, MsgType.GOODBYE)  # workers and the observer alike

@@ -16,7 +16,7 @@ from distkeras import data, inputs, placement, validation, warmup
 from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
 from distkeras.checkpoint import Checkpointer, load_checkpoint
-from distkeras.inputs import arrays, labels
+from distkeras.inputs import arrays, columns, labels
 from distkeras.inputs.options import FitOptions
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
 from distkeras.monitor import STARTUP_GRACE, TrainingMonitor
@@ -69,6 +69,7 @@ class Trainer:
     """
 
     spec: registry.AlgorithmSpec | None = None  # set by `class X(Trainer, algorithm="x")`
+    shard_every_row = False  # rows held on the driver: every worker receives all (ensembles)
 
     def __init_subclass__(cls, algorithm: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -300,7 +301,10 @@ class Trainer:
         return spark
 
     def _check_input(self, train: inputs.TrainingColumns) -> None:
-        widths = data.sample_widths(train.frame, train.features + train.labels)
+        if train.held is not None:
+            widths = train.widths()
+        else:
+            widths = data.sample_widths(train.frame, train.features + train.labels)
         validation.check_fit(
             self.model,
             {c: widths[c] for c in train.features},
@@ -344,7 +348,7 @@ class Trainer:
         validation.check_callbacks(callbacks)
         train = fit_inputs.train
         self._check_input(train)
-        spark = train.frame.sparkSession
+        spark = self._spark() if train.frame is None else train.frame.sparkSession
         threads = self._check_slots(spark)
         imports, self._imports = (
             self._imports or warmup.start_imports(spark, self.num_workers),
@@ -380,7 +384,6 @@ class Trainer:
             epochs=epochs,
             steps=None,  # known once every worker has started (see TrainingMonitor)
         )
-        frame = self._partition(data.columnar_frame(train.frame, train.columns))
         monitor = TrainingMonitor(
             model,
             callback_list,
@@ -392,6 +395,9 @@ class Trainer:
             checkpointer=checkpointer,
         )
         round_timeout = self.worker_timeout
+        shards = (
+            None if train.held is None else train.shards(self.num_workers, self.shard_every_row)
+        )
         server = ParameterServer(
             model.get_weights(),
             rule=algorithm.server_rule,
@@ -403,6 +409,7 @@ class Trainer:
             num_workers=self.num_workers if algorithm.synchronous else None,
             round_timeout=round_timeout,
             on_report=monitor.on_report,
+            shards=shards,
         )
         job = None
         started = time.monotonic()
@@ -432,6 +439,11 @@ class Trainer:
                 hosted = placement.ServerPlan(
                     where.port, self.num_workers, round_timeout, certificate=certificate
                 )
+            if train.held is not None and hosted is None:  # rows travel over the connections
+                frame = spark.range(0, self.num_workers, 1, self.num_workers)  # empty tasks
+            else:
+                train = columns.with_frame(train, spark)
+                frame = self._partition(data.columnar_frame(train.frame, train.columns))
             monitor.begin()  # on_epoch_begin: before any worker's first step
             plan = WorkerPlan(
                 model=spec,
@@ -454,6 +466,7 @@ class Trainer:
                 custom_objects=self.custom_objects,
                 first_epoch=first_epoch,
                 hosted=hosted,
+                direct=train.held is not None,
             )
             workers = frame.mapInArrow(
                 lambda batches: train_partition(plan, batches), SUMMARY_SCHEMA, barrier=True

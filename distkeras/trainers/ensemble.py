@@ -50,6 +50,8 @@ class EnsembleTrainer(Trainer, algorithm="ensemble"):
         **kwargs: the arguments of `Trainer` except `num_workers`.
     """
 
+    shard_every_row = True
+
     def __init__(self, keras_model, num_ensembles: int = 2, **kwargs):
         if "num_workers" in kwargs:
             raise TypeError("EnsembleTrainer takes `num_ensembles`, not `num_workers`")
