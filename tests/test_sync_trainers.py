@@ -35,12 +35,15 @@ class SkewedAveraging(trainers.AveragingTrainer):
         return frame.withColumn("k", key).repartition(2, "k").drop("k")
 
 
-def test_partitions_of_very_different_sizes_finish(mnist):
+def test_partitions_of_very_different_sizes_finish(spark, mnist):
+    from distkeras.data import numpy_to_frame
+
     (x, y), _ = mnist
     trainer = SkewedAveraging(
         mlp(hidden=(16,)), num_workers=2, communication_window=4, worker_timeout=120.0
     )
-    history = trainer.fit(x[:3000], y[:3000], epochs=2, verbose=0)
+    frame = numpy_to_frame(spark, {"features": x[:3000], "label": y[:3000]})
+    history = trainer.fit(frame, epochs=2, verbose=0)  # a frame: partitioned by _partition
     rows = sorted(s["rows"] for s in trainer.worker_summaries)
     assert rows[0] < 0.1 * rows[1] and sum(rows) == 3000
     assert history.epoch == [0, 1]
