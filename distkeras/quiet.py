@@ -18,6 +18,7 @@ What silences which line (TensorFlow 2.21, measured):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -42,33 +43,49 @@ def quiet_environment() -> None:
         os.environ.setdefault(name, value)
 
 
-def import_tensorflow():
+def import_tensorflow(devices: bool = True):
     """Imports TensorFlow and Keras quietly (see the module docstring) and returns `tensorflow`.
 
-    A no-op apart from the return when TensorFlow is already imported. Lines that are not start-up
-    chatter (real warnings and errors) are written back to stderr once the import is done.
-    """
-    if "tensorflow" in sys.modules:
-        import tensorflow as tf
+    Args:
+        devices: also initialise TensorFlow's devices (the cuInit line). Spark's Python daemon
+            (distkeras.executor_daemon) imports without: its forked workers initialise their own.
 
-        return tf
-    quiet_environment()
+    Each step happens once per process. Lines that are not start-up chatter (real warnings and
+    errors) are written back to stderr once the step is done.
+    """
+    global _DEVICES_READY
+    if "tensorflow" not in sys.modules:
+        quiet_environment()
+        with _chatter_filtered():
+            import keras  # noqa: F401  (Keras loads TensorFlow's second set of libraries)
+            import tensorflow  # noqa: F401
+    import tensorflow as tf
+
+    if devices and not _DEVICES_READY:
+        with _chatter_filtered():
+            tf.config.list_physical_devices()  # device initialisation: the cuInit line
+        _DEVICES_READY = True
+    return tf
+
+
+_DEVICES_READY = False
+
+
+@contextlib.contextmanager
+def _chatter_filtered():
+    """Captures file descriptor 2 for the block, then writes back what is not chatter."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401  (Keras loads TensorFlow's second set of libraries)
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # device initialisation: the cuInit line
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             _replay(captured.read().decode(errors="replace"))
-    return tf
 
 
 def _replay(text: str) -> None:

@@ -68,12 +68,21 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+# For local masters (executors share this Python environment): Python workers start with Keras
+# imported, forked from a daemon that imported it once. A cluster whose executors have distkeras
+# installed can set it too (docs/cluster.md); `conf` overrides it.
+PRELOAD_CONF = {"spark.python.daemon.module": "distkeras.executor_daemon"}
+_LOCAL_MASTER = re.compile(r"local(\[[^\]]*\])?")
+
+
 def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", conf=None):
     """Returns the active SparkSession, or builds one on `master`.
 
     Executors are pointed at this interpreter (PYSPARK_PYTHON / PYSPARK_DRIVER_PYTHON), so
-    they import the same Keras; Spark's own logging is kept to warnings. Under spark-submit,
-    its `--master` wins, so a script runs unchanged there and on the embedded `local[*]`.
+    they import the same Keras, and start importing it as soon as the session is built (on a
+    local master, once, in Spark's Python daemon); Spark's own logging is kept to warnings.
+    Under spark-submit, its `--master` wins, so a script runs unchanged there and on the
+    embedded `local[*]`.
 
     Args:
         master: Spark master URL used when no session is active and the script was not
@@ -93,8 +102,10 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
+    preload = {}
     if not launched_by_spark_submit():
         builder = builder.master(master)
+        preload = PRELOAD_CONF if _LOCAL_MASTER.fullmatch(master) else {}
     builder = (
         builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
@@ -103,10 +114,14 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
     )
     for name, value in QUIET_ENV.items():  # executors start TensorFlow without its chatter
         builder = builder.config(f"spark.executorEnv.{name}", os.environ.get(name, value))
-    for key, value in (conf or {}).items():
+    for key, value in {**preload, **(conf or {})}.items():
         builder = builder.config(key, str(value))
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
+    from distkeras import warmup  # (spark_job, which warmup uses, imports this module)
+
+    # The executors import Keras while the caller loads data and builds the model.
+    warmup.start_imports(session, session.sparkContext.defaultParallelism)
     return session
 
 

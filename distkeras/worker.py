@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 SUMMARY_SCHEMA = (
     "worker long, rows long, first_epoch long, samples long, commits long, seconds double, "
     "spill_bytes long, memory_growth long, "
-    "learning_rates array<double>"  # the rate at the end of each epoch; NaN: a schedule's
+    "learning_rates array<double>, "  # the rate at the end of each epoch; NaN: a schedule's
+    "pid long"  # the Python worker's process: Spark reuses it (and its built model) across fits
 )
 
 
@@ -111,6 +113,10 @@ def train_partition(plan: WorkerPlan, batches):
                 summary = _train(dataclasses.replace(plan, address=address), worker_id, batches)
     except Exception as error:
         raise WorkerError(f"worker {worker_id} failed: {describe(error)}") from error
+    for (
+        _
+    ) in batches:  # Spark reuses a Python worker (and its imports) only if it read all its input
+        pass
     yield pa.RecordBatch.from_pylist([summary])
 
 
@@ -162,6 +168,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         "spill_bytes": source.nbytes,
         "memory_growth": growth.bytes(),
         "learning_rates": rates,
+        "pid": os.getpid(),
     }
 
 
