@@ -3,7 +3,8 @@
 For models of 0.1M, 1M and 10M float32 parameters and 1, 2, 4 concurrent clients (separate
 processes), prints commit_and_pull round trips/s of a plain-socket echo of the same bytes
 (send N, receive N) and of the parameter server in each mode: "authenticated" (every frame
-tagged, the default on loopback) and "encrypted" (TLS 1.3, the default beyond loopback),
+tagged, the default on loopback) and "encrypted" (sealed: AES-256-GCM records, the default
+beyond loopback),
 with each mode's ratio to raw. GB/s counts bytes both ways.
 
 Usage: .venv/bin/python bench/ps_bench.py [--seconds 1.0] [--repeat 2] [--sizes 10000000]
@@ -54,10 +55,10 @@ def run_raw(address, nbytes: int, seconds: float) -> tuple[int, float]:
         return _timed(lambda: (sock.sendall(out), recv_exact(sock, back)), seconds)
 
 
-def run_ps(address, secret: bytes, params: int, worker_id: int, seconds: float, fingerprint):
+def run_ps(address, secret: bytes, params: int, worker_id: int, seconds: float, encrypted):
     """commit_and_pull of a zero delta for `seconds`; returns (round trips, elapsed)."""
     delta = model(params)
-    with Client(address, secret, worker_id=worker_id, fingerprint=fingerprint) as client:
+    with Client(address, secret, worker_id=worker_id, require_encryption=encrypted) as client:
         client.pull()
         return _timed(lambda: client.commit_and_pull(delta), seconds)
 
@@ -145,7 +146,7 @@ def measure_ps(pool, clients: int, params: int, seconds: float, mode: str) -> fl
             pool,
             "ps",
             clients,
-            lambda w: (ps.address, ps.secret, params, w, seconds, ps.fingerprint),
+            lambda w: (ps.address, ps.secret, params, w, seconds, ps.encrypted),
         )
 
 

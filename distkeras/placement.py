@@ -59,15 +59,14 @@ class ServerPlan:
         round_timeout: seconds a round may wait for missing workers.
         release_timeout: seconds worker 0 keeps serving after training, waiting for the
             driver to fetch the final weights.
-        certificate: the TLS certificate (a `ps.tls.RunCertificate`, made on the driver so
-            that the driver and the workers know its fingerprint), or None: no encryption.
+        encryption: the server seals its sessions (and the driver and workers require it).
     """
 
     port: int
     num_workers: int
     round_timeout: float
     release_timeout: float = 120.0
-    certificate: object | None = dataclasses.field(default=None, repr=False)
+    encryption: bool = False
 
 
 def check_placement(placement: str) -> str:
@@ -219,6 +218,7 @@ class HostedServer:
                 self.server = ParameterServer(
                     plan.model.weights,
                     rule=algorithm.server_rule,
+                    elementwise=algorithm.elementwise_rules,
                     host=host,
                     port=server_plan.port,
                     secret=plan.secret,
@@ -227,8 +227,7 @@ class HostedServer:
                     round_timeout=server_plan.round_timeout,
                     on_report=self.relay.on_report,
                     on_watch=self.relay.on_watch,
-                    encryption=server_plan.certificate is not None,
-                    certificate=server_plan.certificate,
+                    encryption=server_plan.encryption,
                 ).start()
                 self.relay.server = self.server
                 message = json.dumps({"address": list(self.server.address)})
@@ -268,7 +267,7 @@ class RemoteServer:
         on_report: the monitor's `on_report`.
         connect_timeout: seconds to find the server (it starts with the Spark job).
         tried: what the probe tried, for the error message.
-        fingerprint: the in-cluster server's TLS certificate fingerprint, or None.
+        encrypted: the in-cluster server seals its sessions (the observer requires it).
     """
 
     def __init__(
@@ -280,10 +279,10 @@ class RemoteServer:
         on_report,
         connect_timeout: float,
         tried: str = "",
-        fingerprint: str | None = None,
+        encrypted: bool = False,
     ) -> None:
         self.candidates = list(candidates)
-        self.fingerprint = fingerprint
+        self.encrypted = encrypted
         self.secret = secret
         self.num_workers = num_workers
         self.on_report = on_report
@@ -371,7 +370,7 @@ class RemoteServer:
                         self.secret,
                         OBSERVER_ID,
                         connect_timeout=0.5,
-                        fingerprint=self.fingerprint,
+                        require_encryption=self.encrypted,
                     )
                 except (OSError, DistKerasError) as exc:
                     errors[f"{address[0]}:{address[1]}"] = str(exc).splitlines()[0]

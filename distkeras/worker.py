@@ -42,7 +42,7 @@ class WorkerPlan:
         algorithm: the exchange rule.
         address: the parameter server's (host, port).
         secret: the run's shared secret for the handshake (never in the repr).
-        fingerprint: the server's TLS certificate fingerprint when it encrypts, else None.
+        require_encryption: the server seals its sessions; refuse one that does not.
         feature_cols, label_cols: columns in the order of the model's inputs and outputs.
         input_shapes: per input, the shape (without batch) to reshape flat rows to, or None.
         batch_size, num_epoch, shuffle, seed: local training settings.
@@ -83,7 +83,7 @@ class WorkerPlan:
     weight_col: str | None = None
     class_weight: dict | None = None
     steps_per_epoch: int | None = None
-    fingerprint: str | None = None
+    require_encryption: bool = False
     direct: bool = False
 
     @property
@@ -156,7 +156,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         plan.secret,
         worker_id=worker_id,
         timeout=plan.timeout,
-        fingerprint=plan.fingerprint,
+        require_encryption=plan.require_encryption,
     ) as client:
         rows = _shard_batches(client, plan.columns) if plan.direct else batches
         with SpillSource(rows, plan.columns) as source:

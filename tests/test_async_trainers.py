@@ -116,8 +116,8 @@ def test_validation_sees_each_epochs_center(mnist):
     assert len(set(history.history["val_loss"])) == 6
 
 
-def test_all_interfaces_bind_trains_over_tls(mnist, caplog):
-    """ps_host="0.0.0.0": TLS by default, workers pin the run's certificate."""
+def test_all_interfaces_bind_trains_encrypted(mnist, caplog):
+    """ps_host="0.0.0.0": sealed sessions by default, which the workers require."""
     (x, y), _ = mnist
     trainer = trainers.DOWNPOUR(mlp(hidden=(16,)), num_workers=2, ps_host="0.0.0.0")
     with caplog.at_level("WARNING", logger="distkeras"):

@@ -345,7 +345,7 @@ def test_client_authenticates_the_server_too():
         sock, _ = listener.accept()
         with sock:
             stream = protocol.Stream(sock)
-            stream.send(MsgType.CHALLENGE, {"nonce": protocol.new_nonce()})
+            stream.send(MsgType.CHALLENGE, {"nonce": protocol.new_nonce(), "sealed": False})
             read(stream)
             welcome = {"digest": "00" * 32, "clock": 0, "center": [], "round_mode": False}
             stream.send(MsgType.WELCOME, welcome)

@@ -49,9 +49,13 @@ class Algorithm:
     Attributes:
         window: local steps between two exchanges with the server (None: once per epoch).
         synchronous: True when commits are gathered in rounds (see `round_rule`).
+        elementwise_rules: `server_rule` and `round_rule` compute each weight from the same
+            weight of the center and of the commits alone, so the server may apply them to
+            cache-sized pieces of the arrays. A subclass whose rules are not so sets False.
     """
 
     synchronous = False
+    elementwise_rules = True
 
     def __init__(self, window: int | None):
         self.window = window

@@ -3,6 +3,10 @@
 Center: the arrays, the clock, staleness statistics, stop/epoch state and published fields.
 AsyncCenter: applies each commit at once through the algorithm's server rule.
 RoundCenter: gathers one commit per live worker, then applies the round rule once.
+
+The center is a sequence of immutable versions: an update writes the next version into a
+spare buffer (checked finite before it is published), so a reply can send the version it
+pinned without copying it, while later commits go on.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ def nonfinite_reason(arrays: Sequence[np.ndarray], what: str) -> str | None:
     return None
 
 
+BLOCK_ITEMS = 1 << 17  # an elementwise rule runs on pieces this long, each still in the cache
+MAX_SPARE = 2  # unpinned old versions kept for reuse as the next one's buffer
+
+
 def add_rule(center: list[np.ndarray], arrays: list[np.ndarray], staleness: int) -> None:
     """The default server rule (DOWNPOUR): adds each committed array to the center."""
     del staleness
@@ -58,16 +66,22 @@ class Center:
 
     Args:
         arrays: The initial center, owned from now on (not copied).
-        finite_only: Refuse any update that would leave a NaN or Inf in the center. The
-            update is then computed on a copy and swapped in only when finite.
+        finite_only: Refuse any update that would leave a NaN or Inf in the center.
+        elementwise: The rules compute each weight from the same weight of the center and of
+            the commits alone, so they may be applied piece by piece (cache-sized pieces: one
+            pass over memory instead of three).
     """
 
     round_mode = False
 
-    def __init__(self, arrays: list[np.ndarray], finite_only: bool = True) -> None:
-        self._arrays = arrays
+    def __init__(
+        self, arrays: list[np.ndarray], finite_only: bool = True, elementwise: bool = False
+    ) -> None:
+        self._arrays = arrays  # the current version: never written once published
         self._finite_only = finite_only
-        self._scratch: list[np.ndarray] | None = None
+        self._elementwise = elementwise
+        self._pins: dict[int, int] = {}  # id(version) -> replies still sending it
+        self._spare: list[list[np.ndarray]] = []
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._clock = 0
@@ -104,10 +118,12 @@ class Center:
             return [c.copy() for c in self._arrays]
 
     def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
-        """Copies `arrays` (pre-checked to match) into the center."""
+        """Makes a copy of `arrays` (pre-checked to match) the center."""
         with self._lock:
-            for c, a in zip(self._arrays, arrays):
+            version = self._new_version()
+            for c, a in zip(version, arrays):
                 np.copyto(c, a)
+            self._publish_version(version)
 
     def publish(self, **fields: Any) -> None:
         """Adds `fields` (JSON values) to the metadata of every later reply."""
@@ -161,30 +177,36 @@ class Center:
         with self._lock:
             return self._status()
 
-    def pull(self, snapshot: list[np.ndarray]) -> dict[str, Any]:
-        """Copies the center into `snapshot`; returns the reply metadata."""
+    def pull(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """The reply metadata and the current version, pinned: `release` it once sent."""
         with self._lock:
             self._raise_if_failed()
-            self._copy_into(snapshot)
-            return self._status()
+            return self._status(), self._pin()
+
+    def release(self, version: list[np.ndarray]) -> None:
+        """Unpins a version returned by `pull` or `commit`; its buffer may then be reused."""
+        with self._lock:
+            key = id(version)
+            if self._pins[key] > 1:
+                self._pins[key] -= 1
+                return
+            del self._pins[key]
+            if version is not self._arrays:
+                self._recycle(version)
 
     def commit(
-        self,
-        worker_id: int,
-        clock: int,
-        arrays: list[np.ndarray],
-        snapshot: list[np.ndarray] | None = None,
-    ) -> dict[str, Any]:
+        self, worker_id: int, clock: int, arrays: list[np.ndarray], pull: bool = False
+    ) -> tuple[dict[str, Any], list[np.ndarray] | None]:
         """Applies one commit stamped with the worker's `clock`.
 
         Args:
             worker_id: The committing worker.
             clock: The clock of the worker's last pull.
             arrays: The commit, shaped like the center.
-            snapshot: If given, receives the center right after this commit.
+            pull: Also return the center right after this commit, pinned (see `pull`).
 
         Returns:
-            The reply metadata.
+            (reply metadata, the pinned center or None).
 
         Raises:
             Refused: The commit was not applied.
@@ -196,28 +218,58 @@ class Center:
     def _status(self) -> dict[str, Any]:
         return {**self._published, "clock": self._clock, "stop": self._stop_requested}
 
-    def _copy_into(self, snapshot: list[np.ndarray] | None) -> None:
-        if snapshot is not None:
-            for dst, src in zip(snapshot, self._arrays):
-                np.copyto(dst, src)
+    def _pin(self) -> list[np.ndarray]:
+        key = id(self._arrays)
+        self._pins[key] = self._pins.get(key, 0) + 1
+        return self._arrays
 
-    def _apply(self, update: Callable[[list[np.ndarray]], None]) -> str | None:
-        """Applies `update` (in place) to the center, or, when that would leave a NaN or Inf
-        in it, leaves the center as it was and returns which array.
+    def _new_version(self) -> list[np.ndarray]:
+        return self._spare.pop() if self._spare else [np.empty_like(a) for a in self._arrays]
+
+    def _recycle(self, version: list[np.ndarray]) -> None:
+        if len(self._spare) < MAX_SPARE:
+            self._spare.append(version)
+
+    def _publish_version(self, version: list[np.ndarray]) -> None:
+        old, self._arrays = self._arrays, version
+        if id(old) not in self._pins:
+            self._recycle(old)
+
+    def _apply(self, rule: Callable, operands: list[list[np.ndarray]]) -> str | None:
+        """Publishes `rule(center, operands)` (the rule updates its first argument in place) as
+        the next version, or, when that would leave a NaN or Inf in it, leaves the center as
+        it was and returns which array. `operands`: lists of arrays shaped like the center.
         """
-        if not self._finite_only:
-            update(self._arrays)
-            return None
-        if self._scratch is None:
-            self._scratch = [np.empty_like(a) for a in self._arrays]
-        for dst, src in zip(self._scratch, self._arrays):
-            np.copyto(dst, src)
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught just below
-            update(self._scratch)
-        reason = nonfinite_reason(self._scratch, "center")
+        version = self._new_version()
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below
+                if self._elementwise:
+                    reason = self._apply_in_pieces(version, rule, operands)
+                else:
+                    for new, old in zip(version, self._arrays):
+                        np.copyto(new, old)
+                    rule(version, operands)
+                    reason = nonfinite_reason(version, "center") if self._finite_only else None
+        except BaseException:
+            self._recycle(version)
+            raise
         if reason is None:
-            self._arrays, self._scratch = self._scratch, self._arrays
+            self._publish_version(version)
+        else:
+            self._recycle(version)
         return reason
+
+    def _apply_in_pieces(self, version, rule: Callable, operands) -> str | None:
+        for i, (new, old) in enumerate(zip(version, self._arrays)):
+            new_flat, old_flat = new.reshape(-1), old.reshape(-1)
+            flat_operands = [operand[i].reshape(-1) for operand in operands]
+            for start in range(0, max(new_flat.size, 1), BLOCK_ITEMS):
+                piece = slice(start, start + BLOCK_ITEMS)
+                np.copyto(new_flat[piece], old_flat[piece])
+                rule([new_flat[piece]], [[flat[piece]] for flat in flat_operands])
+                if self._finite_only and not all_finite(new_flat[piece]):
+                    return f"center array {i} contains NaN or Inf"
+        return None
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -251,17 +303,23 @@ class AsyncCenter(Center):
     """
 
     def __init__(
-        self, arrays: list[np.ndarray], rule: ServerRule | None = None, finite_only: bool = True
+        self,
+        arrays: list[np.ndarray],
+        rule: ServerRule | None = None,
+        finite_only: bool = True,
+        elementwise: bool = False,
     ) -> None:
-        super().__init__(arrays, finite_only)
+        super().__init__(arrays, finite_only, elementwise)
         self._rule = rule or add_rule
 
-    def commit(self, worker_id, clock, arrays, snapshot=None):
+    def commit(self, worker_id, clock, arrays, pull=False):
         with self._lock:
             self._raise_if_failed()
             staleness = self._record_staleness(clock)
             try:
-                reason = self._apply(lambda center: self._rule(center, arrays, staleness))
+                reason = self._apply(
+                    lambda center, ops: self._rule(center, ops[0], staleness), [arrays]
+                )
             except Exception as exc:  # a broken rule may have half-updated the center: fatal
                 logger.exception("server rule failed")
                 self._fail(DistKerasError(f"server rule raised {exc!r}"))
@@ -270,8 +328,7 @@ class AsyncCenter(Center):
                 raise Refused(_nonfinite_refusal(arrays, reason))
             self._num_updates += 1
             self._clock += 1
-            self._copy_into(snapshot)
-            return self._status()
+            return self._status(), self._pin() if pull else None
 
 
 class RoundCenter(Center):
@@ -296,8 +353,9 @@ class RoundCenter(Center):
         num_workers: int,
         round_timeout: float,
         finite_only: bool = True,
+        elementwise: bool = False,
     ) -> None:
-        super().__init__(arrays, finite_only)
+        super().__init__(arrays, finite_only, elementwise)
         self._round_rule = round_rule
         self._num_workers = num_workers
         self._round_timeout = round_timeout
@@ -333,7 +391,7 @@ class RoundCenter(Center):
                 logger.info("worker %d left the round set", worker_id)
                 self._complete_round_if_ready()
 
-    def commit(self, worker_id, clock, arrays, snapshot=None):
+    def commit(self, worker_id, clock, arrays, pull=False):
         with self._cond:
             self._raise_if_failed()
             if worker_id not in self._live:
@@ -363,8 +421,7 @@ class RoundCenter(Center):
                 if self._refusal is not None and self._refusal[0] == attempt:
                     raise Refused(self._refusal[1])
                 self._raise_if_failed()
-            self._copy_into(snapshot)
-            return self._status()
+            return self._status(), self._pin() if pull else None
 
     def _fail(self, failure):
         self._pending.clear()
@@ -377,7 +434,7 @@ class RoundCenter(Center):
         workers = sorted(self._pending)
         commits = [self._pending[w] for w in workers]
         try:
-            reason = self._apply(lambda center: self._round_rule(center, commits))
+            reason = self._apply(self._round_rule, commits)
         except Exception as exc:  # a broken rule may have half-updated the center: fatal
             logger.exception("round rule failed")
             self._fail(DistKerasError(f"round rule raised {exc!r}"))

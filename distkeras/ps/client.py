@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from distkeras.errors import DistKerasError, ProtocolError
-from distkeras.ps import protocol, tls
+from distkeras.ps import protocol
 from distkeras.ps.protocol import Address, Limits, Message, MsgType, PeerClosed, Stream
 
 SHARD_CHUNK_BYTES = 32 << 20  # the payload of one SHARD reply, at most
@@ -37,8 +37,8 @@ class Client:
         worker_id: This worker's id (0..num_workers-1 in round mode).
         timeout: Seconds allowed for every socket operation after connecting.
         connect_timeout: Seconds spent retrying the connection, with exponential backoff.
-        fingerprint: The server's `fingerprint` when it encrypts: the connection then uses
-            TLS 1.3 and accepts only that certificate.
+        require_encryption: Refuse a server that does not encrypt (pass the server's
+            `encrypted`). Whether a session is encrypted is the server's choice.
 
     Raises:
         AuthenticationError: If either side fails the HMAC handshake.
@@ -53,7 +53,7 @@ class Client:
         worker_id: int = 0,
         timeout: float = 30.0,
         connect_timeout: float = 30.0,
-        fingerprint: str | None = None,
+        require_encryption: bool = False,
     ) -> None:
         protocol.check_secret(secret)
         if type(worker_id) is not int or not 0 <= worker_id <= protocol.MAX_WORKER_ID:
@@ -75,7 +75,7 @@ class Client:
         self._lock = threading.Lock()
         self._limits = protocol.CLIENT_HANDSHAKE_LIMITS
         self._commit_timeout = self._timeout
-        self._fingerprint = fingerprint
+        self._require_encryption = bool(require_encryption)
         self._stream: Stream | None = self._connect(float(connect_timeout))
 
     def _connect(self, connect_timeout: float) -> Stream:
@@ -103,10 +103,11 @@ class Client:
         try:
             protocol.configure(sock)
             sock.settimeout(self._timeout)
-            if self._fingerprint is not None:
-                sock = tls.wrap_client(sock, self._fingerprint)
             stream = Stream(sock)
-            self._welcome(protocol.answer_handshake(stream, self._secret, self.worker_id))
+            welcome = protocol.answer_handshake(
+                stream, self._secret, self.worker_id, self._require_encryption
+            )
+            self._welcome(welcome)
         except BaseException:
             sock.close()
             raise

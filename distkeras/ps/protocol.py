@@ -1,16 +1,18 @@
 """Wire protocol between workers and the parameter server (byte-level spec: docs/protocol.md).
 
-Framing: binary header + JSON metadata + raw array bytes (+ a Poly1305 tag once the session
-is authenticated). Messages: types and their metadata schema (`SCHEMA`), validated on decode.
-FrameMac / Stream: one direction's per-frame tags; one socket's framed, counted I/O.
-Handshake: both halves of the mutual HMAC-SHA256 challenge, side by side, which also derive
-the session's keys. No model, no rule, no threads here.
+Framing: binary header + JSON metadata + raw array bytes, followed by a Poly1305 tag once the
+session is authenticated; in an encrypted session, the metadata and the payload travel as
+AES-GCM records instead (`distkeras.ps.sealing`). Messages: types and their metadata schema
+(`SCHEMA`), validated on decode. FrameMac / Stream: one direction's per-frame tags; one
+socket's framed, counted I/O. Handshake: both halves of the mutual HMAC-SHA256 challenge,
+side by side, which also derive the session's keys. No model, no rule, no threads here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import hmac
 import io
@@ -18,7 +20,6 @@ import json
 import math
 import os
 import socket
-import ssl
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -29,11 +30,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from distkeras.errors import AuthenticationError, DistKerasError, ProtocolError
+from distkeras.ps import sealing
+from distkeras.ps.sealing import FrameSeal
 
 MAGIC = b"DKPS"
-VERSION = 2
+VERSION = 3
 FLAG_TAGGED = 0x1  # the frame is followed by a Poly1305 tag (every frame after the handshake)
+FLAG_SEALED = 0x2  # metadata and payload are AES-GCM records (encrypted sessions)
 TAG_SIZE = 16
+RECORD_SIZE = 1 << 20  # plaintext bytes of a sealed payload record, at most
 HEADER = struct.Struct("!4sBBHIQ")  # magic, version, type, flags, metadata length, payload length
 HEADER_SIZE = HEADER.size  # 20 bytes
 ALIGNMENT = 8  # every array starts at a multiple of 8 bytes inside the payload
@@ -64,7 +69,7 @@ _SEND_PIECE = 1 << 20  # bytes sent between two updates of a frame's tag
 class MsgType(enum.IntEnum):
     """Message types; the numeric values are part of the wire format."""
 
-    CHALLENGE = 1  # server -> client: {"nonce"}
+    CHALLENGE = 1  # server -> client: {"nonce", "sealed"}
     RESPONSE = 2  # client -> server: {"digest", "nonce", "worker_id"}
     WELCOME = 3  # server -> client: {"digest", "clock", "center", "round_mode"}
     PULL = 10  # client -> server: {}
@@ -88,7 +93,7 @@ _HEX_DIGEST = ("hex", hashlib.sha256().digest_size)
 # extra fields (e.g. the server's published ones) without a schema change. A new message type
 # is one entry here, one in MsgType and one handler in the server's dispatch table.
 SCHEMA: dict[MsgType, dict[str, Any]] = {
-    MsgType.CHALLENGE: {"nonce": _HEX_NONCE},
+    MsgType.CHALLENGE: {"nonce": _HEX_NONCE, "sealed": bool},
     MsgType.RESPONSE: {"digest": _HEX_DIGEST, "nonce": _HEX_NONCE, "worker_id": "worker_id"},
     MsgType.WELCOME: {
         "digest": _HEX_DIGEST,
@@ -323,8 +328,8 @@ def unpack_header(raw: bytes, limits: Limits) -> tuple[MsgType, int, int, int]:
     msg_type = _MSG_TYPES.get(type_code)
     if msg_type is None:
         raise ProtocolError(f"unknown message type {type_code}")
-    if flags & ~FLAG_TAGGED:
-        raise ProtocolError(f"reserved header flags must be 0, got {flags:#x}")
+    if flags not in (0, FLAG_TAGGED, FLAG_SEALED):
+        raise ProtocolError(f"header flags must be 0, 0x1 or 0x2, got {flags:#x}")
     if meta_len > limits.max_metadata:
         raise ProtocolError(
             f"metadata length {meta_len} exceeds the limit of {limits.max_metadata} bytes"
@@ -486,6 +491,7 @@ def read_frame(
     buffer_for: BufferFor | None = None,
     mac: FrameMac | None = None,
     untagged_error: bool = False,
+    seal: FrameSeal | None = None,
 ) -> tuple[Message, int]:
     """Reads one frame: header, metadata, then the payload into a preallocated buffer.
 
@@ -498,7 +504,9 @@ def read_frame(
             by default a fresh uninitialized array.
         mac: In an authenticated session, the receiving direction's `FrameMac`: the frame
             must be tagged, and its tag is verified before the frame is returned or refused.
-        untagged_error: With `mac`, also accept an untagged ERROR (a refused handshake).
+        untagged_error: With `mac` or `seal`, also accept a plain ERROR (a refused handshake).
+        seal: In an encrypted session, the receiving direction's `FrameSeal`: the frame must
+            be sealed; each record is opened (authenticated) before its bytes are used.
 
     Returns:
         (message, number of bytes read).
@@ -512,7 +520,12 @@ def read_frame(
     header = bytearray(HEADER_SIZE)
     recv_exact(recv_into, memoryview(header), "header bytes", at_boundary=True)
     msg_type, flags, meta_len, payload_len = unpack_header(bytes(header), limits)
-    tagger = _tagger(msg_type, flags, mac, untagged_error)
+    if seal is not None and flags == FLAG_SEALED:
+        lengths = (meta_len, payload_len)
+        return _read_sealed(
+            recv_into, header, msg_type, lengths, limits, validate, buffer_for, seal
+        )
+    tagger = _tagger(msg_type, flags, mac, seal is not None, untagged_error)
     recv = recv_into
     if tagger is not None:
         tagger.update(header)
@@ -521,15 +534,12 @@ def read_frame(
     recv_exact(recv, memoryview(raw), "metadata bytes")
     meta = decode_metadata(msg_type, bytes(raw), payload_len, limits)
     nbytes = HEADER_SIZE + meta_len + payload_len + (TAG_SIZE if tagger else 0)
-    if validate is not None:
-        try:
-            validate(msg_type, meta)
-        except MessageRejected:
-            raise
-        except ProtocolError as exc:
-            _discard(recv, payload_len)
-            _verify_tag(recv_into, tagger, msg_type)
-            raise MessageRejected(str(exc)) from None
+
+    def skip_payload() -> None:
+        _discard(recv, payload_len)
+        _verify_tag(recv_into, tagger, msg_type)
+
+    _validate_or_skip(validate, msg_type, meta, skip_payload)
     if not payload_len:
         _verify_tag(recv_into, tagger, msg_type)
         return Message(msg_type, meta), nbytes
@@ -541,18 +551,84 @@ def read_frame(
     return Message(msg_type, meta, decode_arrays(meta["arrays"], view)), nbytes
 
 
+def _validate_or_skip(
+    validate: Validator | None, msg_type: MsgType, meta: dict, skip_payload: Callable[[], None]
+) -> None:
+    """Runs `validate`; a refusal consumes the rest of the frame (`skip_payload`), so that
+    the stream stays in sync, and raises `MessageRejected`."""
+    if validate is None:
+        return
+    try:
+        validate(msg_type, meta)
+    except MessageRejected:
+        raise
+    except ProtocolError as exc:
+        skip_payload()
+        raise MessageRejected(str(exc)) from None
+
+
+def _read_sealed(
+    recv_into: RecvInto,
+    header: bytearray,
+    msg_type: MsgType,
+    lengths: tuple[int, int],
+    limits: Limits,
+    validate: Validator | None,
+    buffer_for: BufferFor | None,
+    seal: FrameSeal,
+) -> tuple[Message, int]:
+    """The rest of a sealed frame (see `read_frame`): the metadata record, whose associated
+    data is the header, then the payload records, each opened as it arrives."""
+    meta_len, payload_len = lengths
+    record = bytearray(meta_len + TAG_SIZE)
+    recv_exact(recv_into, memoryview(record), "metadata bytes")
+    raw = bytearray(meta_len)
+    seal.open_into(record, bytes(header), raw)
+    meta = decode_metadata(msg_type, bytes(raw), payload_len, limits)
+    records = -(-payload_len // RECORD_SIZE)
+    nbytes = HEADER_SIZE + meta_len + payload_len + TAG_SIZE * (1 + records)
+    skip_payload = functools.partial(_open_records, recv_into, seal, payload_len, None)
+    _validate_or_skip(validate, msg_type, meta, skip_payload)
+    if not payload_len:
+        return Message(msg_type, meta), nbytes
+    buf = buffer_for(payload_len) if buffer_for else memoryview(np.empty(payload_len, np.uint8))
+    view = memoryview(buf)[:payload_len]
+    _open_records(recv_into, seal, payload_len, view)
+    return Message(msg_type, meta, decode_arrays(meta["arrays"], view)), nbytes
+
+
+def _open_records(
+    recv_into: RecvInto, seal: FrameSeal, nbytes: int, out: memoryview | None
+) -> None:
+    """Receives `nbytes` of payload as sealed records and opens them into `out` (None: into
+    scratch space, to be dropped)."""
+    scratch = memoryview(np.empty(min(nbytes, RECORD_SIZE) + TAG_SIZE, np.uint8))
+    dropped = None if out is not None else memoryview(np.empty(min(nbytes, RECORD_SIZE), np.uint8))
+    for start in range(0, nbytes, RECORD_SIZE):
+        size = min(RECORD_SIZE, nbytes - start)
+        record = scratch[: size + TAG_SIZE]
+        recv_exact(recv_into, record, "payload bytes")
+        seal.open_into(
+            record, b"", out[start : start + size] if out is not None else dropped[:size]
+        )
+
+
 def _tagger(
-    msg_type: MsgType, flags: int, mac: FrameMac | None, untagged_error: bool
+    msg_type: MsgType, flags: int, mac: FrameMac | None, sealed_session: bool, untagged_error: bool
 ) -> Poly1305 | None:
     """The authenticator for a frame with header `flags`, or None for an untagged frame."""
-    tagged = bool(flags & FLAG_TAGGED)
+    if flags == 0 and untagged_error and msg_type is MsgType.ERROR:
+        return None  # a refusal sent before the session's keys existed
+    if sealed_session:
+        raise AuthenticationError(f"unsealed {msg_type.name} frame in an encrypted session")
+    if flags == FLAG_SEALED:
+        raise ProtocolError("header flags 0x2 (sealed) outside an encrypted session")
+    tagged = flags == FLAG_TAGGED
     if mac is None:
         if tagged:
             raise ProtocolError("header flags 0x1 (tagged) outside an authenticated session")
         return None
     if not tagged:
-        if untagged_error and msg_type is MsgType.ERROR:
-            return None
         raise AuthenticationError(f"untagged {msg_type.name} frame in an authenticated session")
     return mac.next()
 
@@ -626,13 +702,24 @@ class Stream:
         self.received = 0
         self.sent = 0
         self.deadline: float | None = None  # time.monotonic() by which every read must end
-        self.encrypted = isinstance(sock, ssl.SSLSocket)  # TLS: sealed and ordered already
         self._send_mac: FrameMac | None = None
         self._recv_mac: FrameMac | None = None
+        self._send_seal: FrameSeal | None = None
+        self._recv_seal: FrameSeal | None = None
+        self._record: np.ndarray | None = None  # the buffer sealed records are sent from
 
     def authenticate(self, send_mac: FrameMac, recv_mac: FrameMac) -> None:
         """From now on every frame is tagged, and every frame received must be."""
         self._send_mac, self._recv_mac = send_mac, recv_mac
+
+    def seal(self, send_seal: FrameSeal, recv_seal: FrameSeal) -> None:
+        """From now on every frame is sealed (encrypted), and every frame received must be."""
+        self._send_seal, self._recv_seal = send_seal, recv_seal
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the session's frames are sealed."""
+        return self._send_seal is not None
 
     def recv_into(self, view: memoryview) -> int:
         """`socket.recv_into`, counted, and bounded by `deadline` when it is set.
@@ -652,17 +739,35 @@ class Stream:
     def send(
         self, msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence = ()
     ) -> None:
-        """Encodes and sends one frame (tagged in an authenticated session)."""
-        if self._send_mac is not None:
+        """Encodes and sends one frame (tagged or sealed once the session has keys)."""
+        if self._send_seal is not None:
+            self._send_sealed(encode(msg_type, meta, arrays, FLAG_SEALED))
+        elif self._send_mac is not None:
             self._send_tagged(encode(msg_type, meta, arrays, FLAG_TAGGED))
-            return
-        buffers = self.frame(msg_type, meta, arrays)
-        if not self.encrypted:
-            self.sent += send_buffers(self.sock, buffers)
-            return
-        for buffer in buffers:  # SSLSocket has no sendmsg
-            self.sock.sendall(buffer)
-            self.sent += memoryview(buffer).nbytes
+        else:
+            self.sent += send_buffers(self.sock, encode(msg_type, meta, arrays))
+
+    def _send_sealed(self, buffers: list[Any]) -> None:
+        """Sends the header, the sealed metadata, then the payload in sealed records; each
+        record is sealed while the peer opens the one before."""
+        first = memoryview(buffers[0])
+        header, raw = first[:HEADER_SIZE], first[HEADER_SIZE:]
+        meta_record = bytearray(raw.nbytes + TAG_SIZE)
+        self._send_seal.seal_into(raw, bytes(header), meta_record)
+        head = [header, meta_record]
+        for piece in _pieces(buffers[1:], RECORD_SIZE):
+            if self._record is None:
+                self._record = np.empty(RECORD_SIZE + TAG_SIZE, np.uint8)
+            record = memoryview(self._record)[: len(piece) + TAG_SIZE]
+            self._send_seal.seal_into(piece, b"", record)
+            if head:  # the first record goes out with the header: one call for small frames
+                self.sent += send_buffers(self.sock, [*head, record])
+                head = []
+            else:
+                self.sock.sendall(record)
+                self.sent += record.nbytes
+        if head:
+            self.sent += send_buffers(self.sock, head)
 
     def _send_tagged(self, buffers: list[Any]) -> None:
         """Sends `buffers` and their tag, tagging each piece right after sending it, so that
@@ -686,7 +791,8 @@ class Stream:
     def frame(
         self, msg_type: MsgType, meta: dict[str, Any] | None = None, arrays: Sequence = ()
     ) -> list[Any]:
-        """The buffers of the next frame, with its tag in an authenticated session."""
+        """The buffers of the next frame, with its tag in an authenticated session (not for
+        encrypted sessions)."""
         if self._send_mac is None:
             return encode(msg_type, meta, arrays)
         buffers = encode(msg_type, meta, arrays, FLAG_TAGGED)
@@ -704,8 +810,33 @@ class Stream:
         untagged_error: bool = False,
     ) -> Message:
         """Reads one frame (see `read_frame`), verifying its tag in an authenticated session."""
-        mac = self._recv_mac
-        return read_frame(self.recv_into, limits, validate, buffer_for, mac, untagged_error)[0]
+        mac, seal = self._recv_mac, self._recv_seal
+        return read_frame(self.recv_into, limits, validate, buffer_for, mac, untagged_error, seal)[
+            0
+        ]
+
+
+def _pieces(buffers: Sequence[Any], size: int):
+    """The bytes of `buffers`, in order, as pieces of `size` bytes (the last may be shorter):
+    views where a piece lies within one buffer, a copy where it spans two."""
+    pending = bytearray()
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        if pending:
+            take = min(size - len(pending), view.nbytes)
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) < size:
+                continue
+            yield pending
+            pending = bytearray()
+        while view.nbytes >= size:
+            yield view[:size]
+            view = view[size:]
+        if view.nbytes:
+            pending = bytearray(view)
+    if pending:
+        yield pending
 
 
 def check_reply(msg: Message, expected: MsgType, during: str) -> Message:
@@ -766,16 +897,22 @@ def server_digest(secret: bytes, client_nonce: str, server_nonce: str) -> str:
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
+def session_key(secret: bytes, server_nonce: str, client_nonce: str, worker_id: int) -> bytes:
+    """The session's base key: from the secret, both nonces and the worker id, so that no
+    frame of one connection is valid on another."""
+    message = _SESSION_LABEL + bytes.fromhex(server_nonce) + bytes.fromhex(client_nonce)
+    return hmac.new(secret, message + worker_id.to_bytes(4, "big"), hashlib.sha256).digest()
+
+
 def session_macs(
     secret: bytes, server_nonce: str, client_nonce: str, worker_id: int
 ) -> tuple[FrameMac, FrameMac]:
     """The session's (client-to-server, server-to-client) frame authenticators.
 
-    Both keys derive from the secret and both nonces, so that no frame of one connection is
-    valid on another, and a direction's frames are not valid in the other direction.
+    Both keys derive from `session_key`, one per direction, so that a direction's frames are
+    not valid in the other direction.
     """
-    message = _SESSION_LABEL + bytes.fromhex(server_nonce) + bytes.fromhex(client_nonce)
-    base = hmac.new(secret, message + worker_id.to_bytes(4, "big"), hashlib.sha256).digest()
+    base = session_key(secret, server_nonce, client_nonce, worker_id)
     to_server = hmac.new(base, b"client->server", hashlib.sha256).digest()
     to_client = hmac.new(base, b"server->client", hashlib.sha256).digest()
     return FrameMac(to_server), FrameMac(to_client)
@@ -794,7 +931,24 @@ def verify_digest(expected: str, received: str, who: str) -> None:
 Admit = Callable[[int], dict[str, Any]]
 
 
-def serve_handshake(stream: Stream, secret: bytes, admit: Admit) -> int:
+def _protect(
+    stream: Stream, secret: bytes, nonces: tuple[str, str], worker_id: int, share, server: bool
+) -> None:
+    """Gives the stream the session's keys: tags, or with a key share, seals."""
+    server_nonce, client_nonce = nonces
+    if share is None:
+        to_server, to_client = session_macs(secret, server_nonce, client_nonce, worker_id)
+        send, recv = (to_client, to_server) if server else (to_server, to_client)
+        stream.authenticate(send_mac=send, recv_mac=recv)
+        return
+    peer_nonce = client_nonce if server else server_nonce
+    salt = session_key(secret, server_nonce, client_nonce, worker_id)
+    to_server, to_client = sealing.session_seals(salt, share.shared_secret(peer_nonce))
+    send, recv = (to_client, to_server) if server else (to_server, to_client)
+    stream.seal(send_seal=send, recv_seal=recv)
+
+
+def serve_handshake(stream: Stream, secret: bytes, admit: Admit, encrypt: bool = False) -> int:
     """The server's half: challenge, check the answer, admit the worker, prove itself.
 
     Args:
@@ -802,6 +956,8 @@ def serve_handshake(stream: Stream, secret: bytes, admit: Admit) -> int:
         secret: The shared HMAC key.
         admit: Called with the authenticated worker id; returns the WELCOME fields (clock,
             center layout, ...) or raises `ProtocolError` to refuse the worker.
+        encrypt: Seal the session: each side's nonce is then its ephemeral X25519 public
+            key, so that the digests authenticate the key agreement.
 
     Returns:
         The authenticated worker id.
@@ -810,24 +966,29 @@ def serve_handshake(stream: Stream, secret: bytes, admit: Admit) -> int:
         AuthenticationError: Wrong secret.
         ProtocolError: Anything else unexpected.
     """
-    nonce = new_nonce()
-    stream.send(MsgType.CHALLENGE, {"nonce": nonce})
+    share = sealing.KeyShare() if encrypt else None
+    nonce = share.nonce if share else new_nonce()
+    stream.send(MsgType.CHALLENGE, {"nonce": nonce, "sealed": encrypt})
     msg = stream.read(HANDSHAKE_LIMITS)
     if msg.type is not MsgType.RESPONSE:
         raise ProtocolError(f"expected RESPONSE during the handshake, got {msg.type.name}")
     worker_id, client_nonce = msg.meta["worker_id"], msg.meta["nonce"]
     expected = client_digest(secret, nonce, client_nonce, worker_id)
     verify_digest(expected, msg.meta["digest"], "client")
-    if not stream.encrypted:
-        to_server, to_client = session_macs(secret, nonce, client_nonce, worker_id)
-        stream.authenticate(send_mac=to_client, recv_mac=to_server)
+    _protect(stream, secret, (nonce, client_nonce), worker_id, share, server=True)
     welcome = admit(worker_id)
     stream.send(MsgType.WELCOME, {**welcome, "digest": server_digest(secret, client_nonce, nonce)})
     return worker_id
 
 
-def answer_handshake(stream: Stream, secret: bytes, worker_id: int) -> Message:
+def answer_handshake(
+    stream: Stream, secret: bytes, worker_id: int, require_encryption: bool = False
+) -> Message:
     """The client's half: answer the challenge, challenge back, check the server's proof.
+    The session is encrypted when the server's challenge says so.
+
+    Args:
+        require_encryption: Refuse a server that does not encrypt.
 
     Returns:
         The server's WELCOME.
@@ -840,16 +1001,20 @@ def answer_handshake(stream: Stream, secret: bytes, worker_id: int) -> Message:
     challenge = check_reply(
         stream.read(CLIENT_HANDSHAKE_LIMITS), MsgType.CHALLENGE, "the handshake"
     )
-    server_nonce, nonce = challenge.meta["nonce"], new_nonce()
+    server_nonce, sealed = challenge.meta["nonce"], challenge.meta["sealed"]
+    if require_encryption and not sealed:
+        raise AuthenticationError(
+            "the parameter server does not encrypt, but this client requires encryption"
+        )
+    share = sealing.KeyShare() if sealed else None
+    nonce = share.nonce if share else new_nonce()
     response = {
         "digest": client_digest(secret, server_nonce, nonce, worker_id),
         "nonce": nonce,
         "worker_id": worker_id,
     }
     stream.send(MsgType.RESPONSE, response)
-    if not stream.encrypted:
-        to_server, to_client = session_macs(secret, server_nonce, nonce, worker_id)
-        stream.authenticate(send_mac=to_server, recv_mac=to_client)
+    _protect(stream, secret, (server_nonce, nonce), worker_id, share, server=False)
     try:
         reply = stream.read(CLIENT_HANDSHAKE_LIMITS, untagged_error=True)
     except AuthenticationError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import ipaddress
 import logging
 import os
 import selectors
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from distkeras.errors import AuthenticationError, ProtocolError
-from distkeras.ps import protocol, tls
+from distkeras.ps import protocol
 from distkeras.ps.center import AsyncCenter, Center, Refused, RoundCenter, RoundRule, ServerRule
 from distkeras.ps.protocol import (
     Address,
@@ -50,6 +51,17 @@ _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 WILDCARD_HOSTS = frozenset(["", "0.0.0.0", "::"])
+LOOPBACK_HOSTS = frozenset(["localhost", "127.0.0.1", "::1"])
+
+
+def is_loopback(host: str) -> bool:
+    """True if `host` names this machine's loopback interface only."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def outbound_host() -> str:
@@ -94,19 +106,13 @@ class _Connection:
         self.authenticated = False
         self.evicted = False
         self._payload: np.ndarray | None = None
-        self._snapshot: list[np.ndarray] | None = None
+        self.pinned: list[np.ndarray] | None = None  # the center version being sent, if any
 
     def buffer_for(self, nbytes: int) -> memoryview:
         """A receive buffer reused across frames: commits are applied before the next read."""
         if self._payload is None or len(self._payload) < nbytes:
             self._payload = np.empty(nbytes, np.uint8)
         return memoryview(self._payload)
-
-    def snapshot(self, shapes: Sequence[tuple]) -> list[np.ndarray]:
-        """This connection's reusable send buffer for WEIGHTS replies: (shape, dtype) each."""
-        if self._snapshot is None:
-            self._snapshot = [np.empty(shape, dtype) for shape, dtype in shapes]
-        return self._snapshot
 
 
 class ParameterServer:
@@ -126,10 +132,10 @@ class ParameterServer:
         secret: Shared HMAC key, at least 16 bytes; random 32 bytes when None.
         advertise_host: With a wildcard `host`, the host name or address workers are told
             to connect to (e.g. Spark's `spark.driver.host`).
-        encryption: TLS 1.3 with a per-run certificate that clients pin by `fingerprint`.
-            None (default): on unless `host` is a loopback address. False: off, also beyond
-            loopback (the weights then travel in clear; frames stay authenticated).
-        certificate: The certificate to serve with when encrypting; None: a new one.
+        encryption: Seal every frame after the handshake (AES-256-GCM under keys agreed by
+            X25519 within the handshake; see docs/protocol.md). None (default): on unless
+            `host` is a loopback address. False: off, also beyond loopback (the weights then
+            travel in clear; frames stay authenticated).
         on_report: Called from a server thread (serialized) with each progress report dict.
         on_watch: Answers an observer's WATCH (see `protocol.OBSERVER_ID`): called with its
             metadata, returns the REPORTS metadata and arrays. None: observers are refused.
@@ -137,6 +143,9 @@ class ParameterServer:
             receives over its connection (SHARD_REQUEST), chunk by chunk; None: no data.
         reject_nonfinite: Refuse a commit (or a round) whose application would leave a NaN
             or Inf in the center; the center is left as it was.
+        elementwise: The rules compute each weight from the same weight of the center and
+            of the commits only, so the server may apply them in cache-sized pieces (faster).
+            None: true for the default rule, false for a rule given here.
         round_rule: `round_rule(center, commits)`; enables round (synchronous) mode, in
             which `rule` is unused.
         num_workers: Size of the round set; required with `round_rule`.
@@ -170,8 +179,8 @@ class ParameterServer:
         max_connections: int = MAX_CONNECTIONS,
         advertise_host: str | None = None,
         encryption: bool | None = None,
-        certificate: tls.RunCertificate | None = None,
         shards: ShardProvider | None = None,
+        elementwise: bool | None = None,
     ) -> None:
         if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence) or not weights:
             raise ValueError(
@@ -211,16 +220,18 @@ class ParameterServer:
         budget = Limits.for_specs([(a.dtype.str, a.shape) for a in arrays], itemsize=8)
         # Room for a commit with the wrong dtype or extra arrays, so it is refused by name.
         self._limits = Limits(budget.max_metadata, budget.max_payload, 2 * n + 16)
+        if elementwise is None:
+            elementwise = rule is None and round_rule is None
         self._center: Center = (
-            RoundCenter(arrays, round_rule, num_workers, float(round_timeout), reject_nonfinite)
+            RoundCenter(
+                arrays, round_rule, num_workers, float(round_timeout), reject_nonfinite, elementwise
+            )
             if round_rule is not None
-            else AsyncCenter(arrays, rule, reject_nonfinite)
+            else AsyncCenter(arrays, rule, reject_nonfinite, elementwise)
         )
         self._host = host
         self._advertise_host = advertise_host
-        self._encrypted = not tls.is_loopback(host) if encryption is None else bool(encryption)
-        self._certificate: tls.RunCertificate | None = certificate if self._encrypted else None
-        self._tls_context = None
+        self._encrypted = not is_loopback(host) if encryption is None else bool(encryption)
         self._port = port
         self._secret = secret if secret is not None else os.urandom(32)
         self._on_report = on_report
@@ -272,10 +283,7 @@ class ParameterServer:
                 raise RuntimeError("ParameterServer was stopped; create a new one")
             if self._listener is not None:
                 return self
-            if self._encrypted:
-                self._certificate = self._certificate or tls.RunCertificate()
-                self._tls_context = self._certificate.server_context()
-            elif not tls.is_loopback(self._host):
+            if not self._encrypted and not is_loopback(self._host):
                 logger.warning(
                     "encryption is off on %s: weights travel in clear (frames stay authenticated)",
                     self._host,
@@ -366,9 +374,9 @@ class ParameterServer:
         return self._advertise_host or outbound_host(), port
 
     @property
-    def fingerprint(self) -> str | None:
-        """SHA-256 of the server's TLS certificate (hex) for clients to pin; None without TLS."""
-        return self._certificate.fingerprint if self._certificate is not None else None
+    def encrypted(self) -> bool:
+        """Whether sessions are sealed (clients should then `require_encryption`)."""
+        return self._encrypted
 
     @property
     def secret(self) -> bytes:
@@ -520,10 +528,8 @@ class ParameterServer:
         """Runs one connection: handshake, then request/reply until goodbye or error."""
         try:
             conn.stream.deadline = conn.accepted + self._handshake_timeout
-            if self._tls_context is not None:
-                self._start_tls(conn)
             conn.worker_id = protocol.serve_handshake(
-                conn.stream, self._secret, functools.partial(self._admit, conn)
+                conn.stream, self._secret, functools.partial(self._admit, conn), self._encrypted
             )
             with self._state_lock:
                 conn.authenticated = True
@@ -548,19 +554,6 @@ class ParameterServer:
                 self._connections.discard(conn)
                 self._closed_received += conn.stream.received
                 self._closed_sent += conn.stream.sent
-
-    def _start_tls(self, conn: _Connection) -> None:
-        """The TLS handshake, within what is left of the handshake deadline."""
-        assert self._tls_context is not None and conn.stream.deadline is not None
-        conn.sock.settimeout(max(conn.stream.deadline - time.monotonic(), 0.001))
-        wrapped = self._tls_context.wrap_socket(conn.sock, server_side=True)  # handshakes
-        with self._state_lock:  # stop() and eviction shut down conn.sock
-            conn.sock = wrapped
-            received, deadline = conn.stream.received, conn.stream.deadline
-            conn.stream = Stream(wrapped)
-            conn.stream.received, conn.stream.deadline = received, deadline
-        if conn.evicted or self._stopping:
-            raise ConnectionAbortedError("connection dropped during the TLS handshake")
 
     def _admit(self, conn: _Connection, worker_id: int) -> dict[str, Any]:
         """WELCOME fields for an authenticated worker, or a refusal naming the reason."""
@@ -590,7 +583,15 @@ class ParameterServer:
                 logger.warning("refused a message from worker %s: %s", conn.worker_id, exc)
                 conn.stream.send(MsgType.ERROR, {"error": str(exc)})
                 continue
-            conn.stream.send(*reply)
+            try:
+                conn.stream.send(*reply)
+            finally:
+                self._unpin(conn)
+
+    def _unpin(self, conn: _Connection) -> None:
+        if conn.pinned is not None:
+            self._center.release(conn.pinned)
+            conn.pinned = None
 
     def _refuse(self, conn: _Connection, exc: ProtocolError) -> None:
         """Sends an error, then drains the peer briefly so that it can read it before the close."""
@@ -643,15 +644,14 @@ class ParameterServer:
                     )
 
     def _on_pull(self, conn: _Connection, msg: Message) -> Reply:
-        snapshot = conn.snapshot(self._shapes)
-        return MsgType.WEIGHTS, self._center.pull(snapshot), snapshot
+        meta, conn.pinned = self._center.pull()
+        return MsgType.WEIGHTS, meta, conn.pinned
 
     def _on_commit(self, conn: _Connection, msg: Message) -> Reply:
         pull = msg.type is MsgType.COMMIT_PULL
-        snapshot = conn.snapshot(self._shapes) if pull else None
-        meta = self._center.commit(conn.worker_id, msg.meta["clock"], msg.arrays, snapshot)
+        meta, conn.pinned = self._center.commit(conn.worker_id, msg.meta["clock"], msg.arrays, pull)
         if pull:
-            return MsgType.WEIGHTS, meta, snapshot
+            return MsgType.WEIGHTS, meta, conn.pinned
         return MsgType.ACK, meta, ()
 
     def _on_report_message(self, conn: _Connection, msg: Message) -> Reply:

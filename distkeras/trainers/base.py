@@ -20,7 +20,6 @@ from distkeras.inputs import arrays, columns, labels
 from distkeras.inputs.options import FitOptions
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
 from distkeras.monitor import STARTUP_GRACE, TrainingMonitor
-from distkeras.ps import tls
 from distkeras.ps.server import WILDCARD_HOSTS, ParameterServer
 from distkeras.spark import client_host, task_cpus, task_max_failures, task_slots
 from distkeras.spark_job import SparkJob
@@ -401,6 +400,7 @@ class Trainer:
         server = ParameterServer(
             model.get_weights(),
             rule=algorithm.server_rule,
+            elementwise=algorithm.elementwise_rules,
             host=self.ps_host if self.ps_host in WILDCARD_HOSTS else self._server_host(spark),
             advertise_host=self._server_host(spark),
             port=self.ps_port,
@@ -423,7 +423,7 @@ class Trainer:
             )
             hosted = None
             if where.kind == "cluster":  # in a worker's task: beyond loopback, unless opted out
-                certificate = tls.RunCertificate() if self.ps_encryption is not False else None
+                encryption = self.ps_encryption is not False
                 server.stop()
                 server = placement.RemoteServer(
                     placement.observer_candidates(where),
@@ -433,11 +433,11 @@ class Trainer:
                     monitor.on_report,
                     connect_timeout=min(self.worker_timeout, STARTUP_GRACE),
                     tried=where.tried,
-                    fingerprint=certificate.fingerprint if certificate else None,
+                    encrypted=encryption,
                 )
                 monitor.attach(server)
                 hosted = placement.ServerPlan(
-                    where.port, self.num_workers, round_timeout, certificate=certificate
+                    where.port, self.num_workers, round_timeout, encryption=encryption
                 )
             if train.held is not None and hosted is None:  # rows travel over the connections
                 frame = spark.range(0, self.num_workers, 1, self.num_workers)  # empty tasks
@@ -450,7 +450,7 @@ class Trainer:
                 algorithm=algorithm,
                 address=server.advertised_address,
                 secret=server.secret,
-                fingerprint=server.fingerprint,
+                require_encryption=server.encrypted,
                 feature_cols=train.features,
                 label_cols=train.labels,
                 input_shapes=inputs.row_shapes(self.model) or [None] * len(train.features),
