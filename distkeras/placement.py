@@ -218,7 +218,6 @@ class HostedServer:
                 self.server = ParameterServer(
                     plan.model.weights,
                     rule=algorithm.server_rule,
-                    elementwise=algorithm.elementwise_rules,
                     host=host,
                     port=server_plan.port,
                     secret=plan.secret,

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from distkeras.ps.center import add_rule
+
 Weights = list[np.ndarray]
 
 
@@ -49,13 +51,9 @@ class Algorithm:
     Attributes:
         window: local steps between two exchanges with the server (None: once per epoch).
         synchronous: True when commits are gathered in rounds (see `round_rule`).
-        elementwise_rules: `server_rule` and `round_rule` compute each weight from the same
-            weight of the center and of the commits alone, so the server may apply them to
-            cache-sized pieces of the arrays. A subclass whose rules are not so sets False.
     """
 
     synchronous = False
-    elementwise_rules = True
 
     def __init__(self, window: int | None):
         self.window = window
@@ -77,9 +75,10 @@ class Algorithm:
         """
         raise NotImplementedError
 
-    def server_rule(self, center: Weights, arrays: Weights, staleness: int) -> None:
-        """Applies one commit to the center, in place (asynchronous algorithms)."""
-        add_into(center, arrays)
+    # server_rule(center, arrays, staleness): applies one commit to the center, in place
+    # (asynchronous algorithms). By default the sum, as the server's own `add_rule`, which
+    # the server recognises and computes out of place (one pass fewer over the weights).
+    server_rule = staticmethod(add_rule)
 
     def round_rule(self, center: Weights, commits: list[Weights]) -> None:
         """Applies the commits of one round to the center, in place (synchronous algorithms)."""

@@ -50,7 +50,6 @@ def nonfinite_reason(arrays: Sequence[np.ndarray], what: str) -> str | None:
     return None
 
 
-BLOCK_ITEMS = 1 << 17  # an elementwise rule runs on pieces this long, each still in the cache
 MAX_SPARE = 2  # unpinned old versions kept for reuse as the next one's buffer
 
 
@@ -67,19 +66,13 @@ class Center:
     Args:
         arrays: The initial center, owned from now on (not copied).
         finite_only: Refuse any update that would leave a NaN or Inf in the center.
-        elementwise: The rules compute each weight from the same weight of the center and of
-            the commits alone, so they may be applied piece by piece (cache-sized pieces: one
-            pass over memory instead of three).
     """
 
     round_mode = False
 
-    def __init__(
-        self, arrays: list[np.ndarray], finite_only: bool = True, elementwise: bool = False
-    ) -> None:
+    def __init__(self, arrays: list[np.ndarray], finite_only: bool = True) -> None:
         self._arrays = arrays  # the current version: never written once published
         self._finite_only = finite_only
-        self._elementwise = elementwise
         self._pins: dict[int, int] = {}  # id(version) -> replies still sending it
         self._spare: list[list[np.ndarray]] = []
         self._lock = threading.Lock()
@@ -235,21 +228,23 @@ class Center:
         if id(old) not in self._pins:
             self._recycle(old)
 
-    def _apply(self, rule: Callable, operands: list[list[np.ndarray]]) -> str | None:
+    def _apply(self, rule: Callable | None, operands: list[list[np.ndarray]]) -> str | None:
         """Publishes `rule(center, operands)` (the rule updates its first argument in place) as
         the next version, or, when that would leave a NaN or Inf in it, leaves the center as
         it was and returns which array. `operands`: lists of arrays shaped like the center.
+        `rule` None: the sum of the center and the one operand, computed out of place.
         """
         version = self._new_version()
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below
-                if self._elementwise:
-                    reason = self._apply_in_pieces(version, rule, operands)
-                else:
-                    for new, old in zip(version, self._arrays):
+                for new, old, *operand in zip(version, self._arrays, *operands):
+                    if rule is None:
+                        np.add(old, operand[0], out=new)
+                    else:
                         np.copyto(new, old)
+                if rule is not None:
                     rule(version, operands)
-                    reason = nonfinite_reason(version, "center") if self._finite_only else None
+            reason = nonfinite_reason(version, "center") if self._finite_only else None
         except BaseException:
             self._recycle(version)
             raise
@@ -258,18 +253,6 @@ class Center:
         else:
             self._recycle(version)
         return reason
-
-    def _apply_in_pieces(self, version, rule: Callable, operands) -> str | None:
-        for i, (new, old) in enumerate(zip(version, self._arrays)):
-            new_flat, old_flat = new.reshape(-1), old.reshape(-1)
-            flat_operands = [operand[i].reshape(-1) for operand in operands]
-            for start in range(0, max(new_flat.size, 1), BLOCK_ITEMS):
-                piece = slice(start, start + BLOCK_ITEMS)
-                np.copyto(new_flat[piece], old_flat[piece])
-                rule([new_flat[piece]], [[flat[piece]] for flat in flat_operands])
-                if self._finite_only and not all_finite(new_flat[piece]):
-                    return f"center array {i} contains NaN or Inf"
-        return None
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -307,19 +290,20 @@ class AsyncCenter(Center):
         arrays: list[np.ndarray],
         rule: ServerRule | None = None,
         finite_only: bool = True,
-        elementwise: bool = False,
     ) -> None:
-        super().__init__(arrays, finite_only, elementwise)
+        super().__init__(arrays, finite_only)
         self._rule = rule or add_rule
 
     def commit(self, worker_id, clock, arrays, pull=False):
         with self._lock:
             self._raise_if_failed()
             staleness = self._record_staleness(clock)
-            try:
-                reason = self._apply(
-                    lambda center, ops: self._rule(center, ops[0], staleness), [arrays]
-                )
+
+            def rule(center, ops):
+                self._rule(center, ops[0], staleness)
+
+            try:  # the plain sum (DOWNPOUR's, ADAG's rule) is computed out of place
+                reason = self._apply(None if self._rule is add_rule else rule, [arrays])
             except Exception as exc:  # a broken rule may have half-updated the center: fatal
                 logger.exception("server rule failed")
                 self._fail(DistKerasError(f"server rule raised {exc!r}"))
@@ -353,9 +337,8 @@ class RoundCenter(Center):
         num_workers: int,
         round_timeout: float,
         finite_only: bool = True,
-        elementwise: bool = False,
     ) -> None:
-        super().__init__(arrays, finite_only, elementwise)
+        super().__init__(arrays, finite_only)
         self._round_rule = round_rule
         self._num_workers = num_workers
         self._round_timeout = round_timeout

@@ -64,6 +64,7 @@ _PADDING = bytes(ALIGNMENT)
 _IOV_MAX = 512  # well below the usual IOV_MAX of 1024
 _DRAIN_CHUNK = 1 << 20
 _SEND_PIECE = 1 << 20  # bytes sent between two updates of a frame's tag
+_TAG_PIECE = 1 << 18  # bytes received between two updates of a frame's tag, at most
 
 
 class MsgType(enum.IntEnum):
@@ -635,7 +636,7 @@ def _tagger(
 
 def _teed(recv_into: RecvInto, tagger: Poly1305) -> RecvInto:
     def recv(view: memoryview) -> int:
-        n = recv_into(view)
+        n = recv_into(view[:_TAG_PIECE])  # tagged while the bytes are still in the cache
         tagger.update(view[:n])
         return n
 

@@ -143,9 +143,6 @@ class ParameterServer:
             receives over its connection (SHARD_REQUEST), chunk by chunk; None: no data.
         reject_nonfinite: Refuse a commit (or a round) whose application would leave a NaN
             or Inf in the center; the center is left as it was.
-        elementwise: The rules compute each weight from the same weight of the center and
-            of the commits only, so the server may apply them in cache-sized pieces (faster).
-            None: true for the default rule, false for a rule given here.
         round_rule: `round_rule(center, commits)`; enables round (synchronous) mode, in
             which `rule` is unused.
         num_workers: Size of the round set; required with `round_rule`.
@@ -180,7 +177,6 @@ class ParameterServer:
         advertise_host: str | None = None,
         encryption: bool | None = None,
         shards: ShardProvider | None = None,
-        elementwise: bool | None = None,
     ) -> None:
         if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence) or not weights:
             raise ValueError(
@@ -220,14 +216,10 @@ class ParameterServer:
         budget = Limits.for_specs([(a.dtype.str, a.shape) for a in arrays], itemsize=8)
         # Room for a commit with the wrong dtype or extra arrays, so it is refused by name.
         self._limits = Limits(budget.max_metadata, budget.max_payload, 2 * n + 16)
-        if elementwise is None:
-            elementwise = rule is None and round_rule is None
         self._center: Center = (
-            RoundCenter(
-                arrays, round_rule, num_workers, float(round_timeout), reject_nonfinite, elementwise
-            )
+            RoundCenter(arrays, round_rule, num_workers, float(round_timeout), reject_nonfinite)
             if round_rule is not None
-            else AsyncCenter(arrays, rule, reject_nonfinite, elementwise)
+            else AsyncCenter(arrays, rule, reject_nonfinite)
         )
         self._host = host
         self._advertise_host = advertise_host

@@ -400,7 +400,6 @@ class Trainer:
         server = ParameterServer(
             model.get_weights(),
             rule=algorithm.server_rule,
-            elementwise=algorithm.elementwise_rules,
             host=self.ps_host if self.ps_host in WILDCARD_HOSTS else self._server_host(spark),
             advertise_host=self._server_host(spark),
             port=self.ps_port,
