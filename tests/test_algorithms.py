@@ -113,3 +113,39 @@ def test_averaging_round_takes_the_mean():
     algorithm.round_rule(center, [w(1.0, 2.0), w(3.0, 6.0), w(5.0, 7.0)])
     np.testing.assert_allclose(center[0], [3.0, 5.0])
     assert algorithm.synchronous and algorithm.window is None
+
+
+def _easgd_rounds(algorithm, workers: int, rounds: int) -> float:
+    """Distance of the center to the workers' mean after `rounds` EASGD rounds in which
+    the workers make no local progress (their weights start at 0..workers-1)."""
+    weights = [w(float(i)) for i in range(workers)]
+    center = w(10.0)
+    for _ in range(rounds):
+        commits, moved = [], []
+
+        class RoundChannel:
+            def commit_and_pull(self, arrays):
+                commits.append(arrays)
+                return center
+
+        for worker in weights:
+            moved.append(algorithm.worker_rule(worker, center, RoundChannel())[0])
+        center = [c.copy() for c in center]
+        algorithm.round_rule(center, commits)
+        weights = moved
+    return abs(float(center[0][0]) - float(np.mean([x[0][0] for x in weights])))
+
+
+@pytest.mark.parametrize("workers", [4, 8])
+def test_easgd_default_rounds_settle_with_many_workers(workers):
+    """The default ρ keeps N·α at 0.9: the center settles on the workers' mean, where
+    the former fixed α = 0.5 oscillates (4 workers) or diverges (8)."""
+    from distkeras.trainers import EASGD as EASGDTrainer
+
+    from .conftest import mlp
+
+    algorithm = EASGDTrainer(mlp(hidden=(8,)), num_workers=workers).algorithm()
+    assert workers * algorithm.alpha == pytest.approx(0.9)
+    assert _easgd_rounds(algorithm, workers, rounds=30) < 1e-3
+    former = EASGD(32, rho=5.0, learning_rate=0.1)
+    assert _easgd_rounds(former, workers, rounds=30) > 1.0

@@ -44,14 +44,34 @@ def below_one(name: str, value) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Parameter:
-    """An algorithm's own argument: its default, its check and a few words on it."""
+    """An algorithm's own argument: its default, its check and a few words on it.
 
-    default: float
+    A default may depend on the run: `default(num_workers, parameters)` is then called with
+    the trainer's other parameters, and `shown` is how the docs' table writes it.
+    """
+
+    default: float | Callable[[int, dict], float]
     check: Callable[[str, object], float]
     doc: str
+    shown: str = ""
+
+    def value(self, num_workers: int, parameters: dict) -> float:
+        """The default for a run of `num_workers` workers with these other parameters."""
+        if callable(self.default):
+            return self.check("default", self.default(num_workers, parameters))
+        return self.default
 
 
 RHO = Parameter(5.0, positive, "elastic force ρ; the moving rate is α = ρ·learning_rate")
+# A synchronous round moves the center by N·α times the workers' mean distance to it: the
+# paper's stable β = N·α = 0.9 (with α = 0.5, 4 workers oscillate and 8 diverge: measured).
+ROUND_BETA = 0.9
+ROUND_RHO = Parameter(
+    lambda num_workers, parameters: ROUND_BETA / (num_workers * parameters["learning_rate"]),
+    positive,
+    f"elastic force ρ; by default N·α = N·ρ·learning_rate = {ROUND_BETA} for N workers",
+    shown=f"{ROUND_BETA} / (num_workers · learning_rate)",
+)
 ALPHA_RATE = Parameter(0.1, positive, "the learning rate in α (and of EAMSGD's local SGD)")
 MOMENTUM = Parameter(0.9, below_one, "Nesterov momentum of the workers' SGD")
 
@@ -84,9 +104,10 @@ class AlgorithmSpec:
             return "1 worker" if self.workers == ONE else "independent"
         return "synchronous" if self.algorithm.synchronous else "asynchronous"
 
-    def defaults(self) -> dict[str, float]:
-        """The parameters' default values."""
-        return {name: p.default for name, p in self.parameters.items()}
+    def defaults(self, num_workers: int = 2) -> dict[str, float]:
+        """The parameters' default values for a run of `num_workers` workers."""
+        fixed = {name: p.default for name, p in self.parameters.items() if not callable(p.default)}
+        return {name: p.value(num_workers, fixed) for name, p in self.parameters.items()}
 
 
 ELASTIC = {"rho": RHO, "learning_rate": ALPHA_RATE}
@@ -130,7 +151,7 @@ REGISTRY: Mapping[str, AlgorithmSpec] = MappingProxyType(
             EASGD,
             32,
             "reproducible rounds, workers of equal speed",
-            ELASTIC,
+            {"rho": ROUND_RHO, "learning_rate": ALPHA_RATE},
         ),
         "averaging": AlgorithmSpec(
             "AveragingTrainer",
@@ -189,7 +210,7 @@ def markdown_table() -> str:
     ]
     for name, row in REGISTRY.items():
         window = "epoch" if row.window is None else str(row.window)
-        defaults = ", ".join(f"{key} = {value}" for key, value in row.defaults().items())
+        defaults = ", ".join(f"{key} = {p.shown or p.default}" for key, p in row.parameters.items())
         if row.workers == MEMBERS:
             defaults = "num_ensembles = 2"
         default = " (the default)" if name == DEFAULT else ""

@@ -156,7 +156,12 @@ class Trainer:
 
     def algorithm(self) -> Algorithm:
         """The algorithm of this trainer, with its parameters."""
-        return self.spec.algorithm(self.window(), **self.parameters)
+        derived = {  # defaults that depend on the run, e.g. on num_workers
+            name: parameter.value(self.num_workers, self.parameters)
+            for name, parameter in self.spec.parameters.items()
+            if name not in self.parameters
+        }
+        return self.spec.algorithm(self.window(), **self.parameters, **derived)
 
     def window(self) -> int | None:
         """Local steps between two exchanges: `communication_window`, else the registry's."""
@@ -171,9 +176,10 @@ class Trainer:
                 f"{type(self).__name__} got unexpected arguments {unknown} (it takes {takes}, "
                 f"besides the Trainer arguments). Received: {given!r}"
             )
-        return {
+        return {  # without the defaults that depend on the run: `algorithm` computes those
             name: parameter.check(name, given.get(name, parameter.default))
             for name, parameter in accepted.items()
+            if name in given or not callable(parameter.default)
         }
 
     def train(self, dataframe, shuffle: bool = False, verbose="auto"):
