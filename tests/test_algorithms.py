@@ -118,21 +118,22 @@ def test_averaging_round_takes_the_mean():
 def _easgd_rounds(algorithm, workers: int, rounds: int) -> float:
     """Distance of the center to the workers' mean after `rounds` EASGD rounds in which
     the workers make no local progress (their weights start at 0..workers-1)."""
+
+    class RoundChannel:  # collects one round's commits; the center is released after it
+        def __init__(self, center):
+            self.center, self.commits = center, []
+
+        def commit_and_pull(self, arrays):
+            self.commits.append(arrays)
+            return self.center
+
     weights = [w(float(i)) for i in range(workers)]
     center = w(10.0)
     for _ in range(rounds):
-        commits, moved = [], []
-
-        class RoundChannel:
-            def commit_and_pull(self, arrays):
-                commits.append(arrays)
-                return center
-
-        for worker in weights:
-            moved.append(algorithm.worker_rule(worker, center, RoundChannel())[0])
+        channel = RoundChannel(center)
+        weights = [algorithm.worker_rule(x, center, channel)[0] for x in weights]
         center = [c.copy() for c in center]
-        algorithm.round_rule(center, commits)
-        weights = moved
+        algorithm.round_rule(center, channel.commits)
     return abs(float(center[0][0]) - float(np.mean([x[0][0] for x in weights])))
 
 
