@@ -44,8 +44,8 @@ test: check-java $(VENV)/.installed-test lint docs
 
 bench: check-java $(VENV)/.installed-test
 	$(PY) bench/data_bench.py
-	$(PY) bench/ps_bench.py
-	$(PY) bench/train_bench.py
+	$(PY) bench/ps_bench.py --sizes 10000000 1000000 100000 --clients 1 2 --repeat 3
+	cd bench && $(abspath $(PY)) time_to_accuracy.py
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache
