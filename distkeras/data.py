@@ -369,7 +369,7 @@ def _packed_array(matrix: np.ndarray):
 def float_rows(df, column: str):
     """A column as Spark passes it to Python: `array<float>` for vectors, arrays and numbers
     and booleans (an array of one), integer and string arrays as they are, nested arrays
-    flattened, and packed binary as it is.
+    flattened, packed binary and strings as they are.
     """
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
@@ -380,7 +380,7 @@ def float_rows(df, column: str):
     col = F.col(f"`{column}`")
     if kind == VECTOR:
         return vector_to_array(col, "float32")
-    if kind == PACKED:
+    if kind in (PACKED, STRING):
         return col
     if kind not in (ARRAY, NESTED):
         return F.array(col.cast("float"))

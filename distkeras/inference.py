@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from distkeras import data, validation
+from distkeras.inputs.arrays import check_strings
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
 from distkeras.spark import task_cpus
 
@@ -71,11 +72,7 @@ def make_plan(
     custom_objects: dict | None = None,
 ) -> InferencePlan:
     """Captures `model` for the executors (see `InferencePlan`)."""
-    weights = [np.asarray(w) for w in model.get_weights()]
-    if compiled:
-        spec = ModelSpec.from_model(model)
-    else:
-        spec = ModelSpec(model.to_json(), weights, compile_config="")
+    spec = ModelSpec.from_model(model) if compiled else ModelSpec.uncompiled(model)
     digest = hashlib.sha256(f"{spec.architecture}\0{spec.compile_config}".encode())
     for weight in spec.weights:
         digest.update(f"{weight.dtype}{weight.shape}".encode())
@@ -141,14 +138,7 @@ def _freeze_heap() -> None:
 
 
 def _build(plan: InferencePlan):
-    if plan.compiled:
-        return plan.spec.build(plan.custom_objects)
-    import keras
-
-    with keras.saving.custom_object_scope(plan.custom_objects or {}):
-        model = keras.models.model_from_json(plan.spec.architecture)
-    model.set_weights(plan.spec.weights)
-    return model
+    return plan.spec.build(plan.custom_objects, compiled=plan.compiled)
 
 
 def clear_model_cache() -> None:
@@ -342,12 +332,15 @@ def feature_widths(df, columns: Sequence[str]) -> dict[str, int] | None:
 
 
 def check_features(df, model, feature_cols: Sequence[str], argument: str) -> None:
-    """Checks that the feature columns exist, are numeric and fit the model's inputs.
+    """Checks that the feature columns exist, hold numbers (or strings, for the model's
+    string inputs) and fit the model's inputs.
 
     Raises:
         ValueError, TypeError: naming the column (see `data.check_columns`).
     """
-    data.check_columns(df, feature_cols, argument)
+    data.check_columns(df, feature_cols, argument, strings=True)
+    strings = [data.holds_strings(df.schema[c].dataType) for c in feature_cols]
+    check_strings(model, strings, list(feature_cols))
     widths = feature_widths(df, feature_cols)
     if widths is None:
         return

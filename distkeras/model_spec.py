@@ -110,19 +110,25 @@ class ModelSpec:
             settings["optimizer"].get_config()
         )
         compile_config = json.dumps(keras.saving.serialize_keras_object(settings))
+        return cls.uncompiled(model, compile_config)
+
+    @classmethod
+    def uncompiled(cls, model, compile_config: str = "") -> ModelSpec:
+        """Captures `model`'s architecture and weights (and its assets), without compiling."""
         weights = [np.asarray(w) for w in model.get_weights()]
         archive = _archive(model) if _has_assets(model) else None
         return cls(model.to_json(), weights, compile_config, archive)
 
-    def build(self, custom_objects: dict | None = None, weights=None):
-        """Rebuilds the compiled model with these (or the given) weights.
+    def build(self, custom_objects: dict | None = None, weights=None, compiled: bool = True):
+        """Rebuilds the model with these (or the given) weights.
 
         Args:
             custom_objects: classes or functions the architecture refers to by name.
             weights: optional weights to load instead of `self.weights`.
+            compiled: compile it with `compile_config`.
 
         Returns:
-            A compiled keras.Model.
+            A keras.Model, compiled if `compiled`.
         """
         keras = _keras()
         with keras.saving.custom_object_scope(custom_objects or {}):
@@ -130,7 +136,8 @@ class ModelSpec:
                 model = keras.models.model_from_json(self.architecture)
             else:
                 model = _from_archive(self.archive)
-            model.compile_from_config(json.loads(self.compile_config))
+            if compiled:
+                model.compile_from_config(json.loads(self.compile_config))
         model.set_weights(self.weights if weights is None else weights)
         return model
 

@@ -216,3 +216,16 @@ def test_packed_features_predict_like_arrays(spark, small):
     np.testing.assert_allclose(vectors(out, "prediction"), model.predict(x, verbose=0), atol=1e-6)
     with pytest.raises(ValueError, match=r"`features` has 12 values per row.*shape \(784,\)"):
         ModelPredictor(mlp()).predict(packed)
+
+
+def test_predictor_reads_strings_for_a_model_that_takes_them(spark):
+    """A TextVectorization model scores a string column, vocabulary included."""
+    from tests.test_keras_examples import TEXTS, text_classifier
+
+    model = text_classifier()
+    df = spark.createDataFrame([(str(text),) for text in TEXTS], "text string")
+    out = ModelPredictor(model, features_col="text").predict(df)
+    expected = model.predict(TEXTS, verbose=0)
+    np.testing.assert_allclose(vectors(out, "prediction"), expected, atol=1e-6)
+    with pytest.raises(TypeError, match="`text` holds strings.*float32"):
+        ModelPredictor(classifier(), features_col="text").predict(df)
