@@ -338,9 +338,7 @@ def check_features(df, model, feature_cols: Sequence[str], argument: str) -> Non
     Raises:
         ValueError, TypeError: naming the column (see `data.check_columns`).
     """
-    data.check_columns(df, feature_cols, argument, strings=True)
-    strings = [data.holds_strings(df.schema[c].dataType) for c in feature_cols]
-    check_strings(model, strings, list(feature_cols))
+    _check_feature_kinds(df, model, feature_cols, argument)
     widths = feature_widths(df, feature_cols)
     if widths is None:
         return
@@ -353,6 +351,13 @@ def check_features(df, model, feature_cols: Sequence[str], argument: str) -> Non
     # Inference has no labels: give check_fit the outputs' own widths so only inputs count.
     outputs = validation.model_output_shapes(model) or []
     validation.check_fit(model, widths, {f"output {i}": 1 for i in range(len(outputs))})
+
+
+def _check_feature_kinds(df, model, feature_cols: Sequence[str], argument: str) -> None:
+    """The columns exist and hold numbers, or strings where the model's input takes them."""
+    data.check_columns(df, feature_cols, argument, strings=True)
+    strings = [data.holds_strings(df.schema[c].dataType) for c in feature_cols]
+    check_strings(model, strings, list(feature_cols))
 
 
 def add_predictions(
@@ -457,7 +462,7 @@ def evaluate_frame(
     ensure_keras_model(model, "model")
     compile_settings(model)
     output_units(model)
-    data.check_columns(df, feature_cols, "features_col")
+    _check_feature_kinds(df, model, feature_cols, "features_col")
     data.check_columns(df, label_cols, "label_col")
     widths = data.sample_widths(df, list(feature_cols) + list(label_cols))
     validation.check_fit(
@@ -500,9 +505,12 @@ def evaluate_frame(
 
 def _build_metrics(model, plan: InferencePlan, feature_widths, label_widths) -> None:
     """Creates the compiled metrics' variables with one zero row, then zeroes them."""
+    dtypes = [str(tensor.dtype) for tensor in model.inputs]
     x = [
-        np.zeros((1, *(shape or (width,))), dtype=np.float32)
-        for shape, width in zip(plan.input_shapes, feature_widths)
+        np.full((1, *(shape or ((width,) if width > 1 else ()))), "", dtype=object)
+        if dtype == "string"  # as the executors pass strings: one per row, flat
+        else np.zeros((1, *(shape or (width,))), dtype=np.float32)
+        for shape, width, dtype in zip(plan.input_shapes, feature_widths, dtypes)
     ]
     y = [np.zeros((1, w) if w > 1 else (1,), dtype=np.float32) for w in label_widths]
     model.evaluate(x[0] if len(x) == 1 else x, y[0] if len(y) == 1 else y, verbose=0)

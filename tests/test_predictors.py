@@ -229,3 +229,18 @@ def test_predictor_reads_strings_for_a_model_that_takes_them(spark):
     np.testing.assert_allclose(vectors(out, "prediction"), expected, atol=1e-6)
     with pytest.raises(TypeError, match="`text` holds strings.*float32"):
         ModelPredictor(classifier(), features_col="text").predict(df)
+
+
+def test_evaluate_reads_strings_for_a_model_that_takes_them(spark):
+    from tests.test_keras_examples import TEXTS, text_classifier
+
+    model = text_classifier()
+    labels = [1, 1, 1, 0, 0, 0]
+    df = spark.createDataFrame(
+        [(str(text), label) for text, label in zip(TEXTS, labels)], "text string, label long"
+    )
+    expected = model.evaluate(TEXTS, np.array(labels), verbose=0, return_dict=True)
+    got = evaluate(model, df, features_col="text", label_col="label")
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-5), name
