@@ -67,3 +67,16 @@ def test_python_workers_start_with_keras_imported(spark):
 
     rows = spark.range(0, 2, 1, 2).mapInArrow(daemon_has_tensorflow, "loaded boolean").collect()
     assert [row.loaded for row in rows] == [True, True]
+
+
+def test_a_failed_keras_preload_is_logged_and_the_daemon_goes_on(monkeypatch, caplog):
+    """The daemon serves every Python task of the application: a failed import is logged,
+    and each worker then imports Keras itself."""
+    from distkeras import executor_daemon, quiet
+
+    def broken(devices=True):
+        raise ImportError("no TensorFlow here")
+
+    monkeypatch.setattr(quiet, "import_tensorflow", broken)
+    executor_daemon.preload()
+    assert "could not preload Keras: no TensorFlow here" in caplog.text
