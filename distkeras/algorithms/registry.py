@@ -64,7 +64,7 @@ class Parameter:
 
 RHO = Parameter(5.0, positive, "elastic force ρ; the moving rate is α = ρ·learning_rate")
 # A synchronous round moves the center by N·α times the workers' mean distance to it: the
-# paper's stable β = N·α = 0.9 (with α = 0.5, 4 workers oscillate and 8 diverge: measured).
+# paper's stable β = N·α = 0.9 (with α = 0.5, 4 and 8 workers diverged: measured).
 ROUND_BETA = 0.9
 ROUND_RHO = Parameter(
     lambda num_workers, parameters: ROUND_BETA / (num_workers * parameters["learning_rate"]),

@@ -237,12 +237,12 @@ class Center:
         version = self._new_version()
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below
-                for new, old, *operand in zip(version, self._arrays, *operands):
-                    if rule is None:
-                        np.add(old, operand[0], out=new)
-                    else:
+                if rule is None:
+                    for new, old, delta in zip(version, self._arrays, operands[0]):
+                        np.add(old, delta, out=new)
+                else:
+                    for new, old in zip(version, self._arrays):
                         np.copyto(new, old)
-                if rule is not None:
                     rule(version, operands)
             reason = nonfinite_reason(version, "center") if self._finite_only else None
         except BaseException:
@@ -286,10 +286,7 @@ class AsyncCenter(Center):
     """
 
     def __init__(
-        self,
-        arrays: list[np.ndarray],
-        rule: ServerRule | None = None,
-        finite_only: bool = True,
+        self, arrays: list[np.ndarray], rule: ServerRule | None = None, finite_only: bool = True
     ) -> None:
         super().__init__(arrays, finite_only)
         self._rule = rule or add_rule

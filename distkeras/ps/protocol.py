@@ -717,11 +717,6 @@ class Stream:
         """From now on every frame is sealed (encrypted), and every frame received must be."""
         self._send_seal, self._recv_seal = send_seal, recv_seal
 
-    @property
-    def encrypted(self) -> bool:
-        """Whether the session's frames are sealed."""
-        return self._send_seal is not None
-
     def recv_into(self, view: memoryview) -> int:
         """`socket.recv_into`, counted, and bounded by `deadline` when it is set.
 
@@ -756,9 +751,9 @@ class Stream:
         meta_record = bytearray(raw.nbytes + TAG_SIZE)
         self._send_seal.seal_into(raw, bytes(header), meta_record)
         head = [header, meta_record]
+        if self._record is None and len(buffers) > 1:
+            self._record = np.empty(RECORD_SIZE + TAG_SIZE, np.uint8)
         for piece in _pieces(buffers[1:], RECORD_SIZE):
-            if self._record is None:
-                self._record = np.empty(RECORD_SIZE + TAG_SIZE, np.uint8)
             record = memoryview(self._record)[: len(piece) + TAG_SIZE]
             self._send_seal.seal_into(piece, b"", record)
             if head:  # the first record goes out with the header: one call for small frames
