@@ -2,6 +2,8 @@
 
 exchange_fault builds a hook that fails or hangs one worker once; plan_with makes the
 trainers build their WorkerPlan with it (tests patch `distkeras.trainers.base.WorkerPlan`).
+A fault may wait for a file the driver leaves (e.g. at an epoch's end), so that it happens at
+a known point of the run whatever the workers' relative pace.
 """
 
 import functools
@@ -11,15 +13,30 @@ import time
 from distkeras.worker import WorkerPlan
 
 
-def exchange_fault(worker: int, after_commits: int, action: str, marker: str, seconds=3600.0):
+def exchange_fault(
+    worker: int,
+    after_commits: int,
+    action: str,
+    marker: str,
+    seconds: float = 3600.0,
+    wait_for: str | None = None,
+    wait_timeout: float = 300.0,
+):
     """A hook making `worker` fail ("fail") or stop responding ("hang") after its
     `after_commits`-th exchange, once: the first attempt creates `marker`, so that a retried
-    stage finds it and trains normally. A closure, so that Spark ships it by value.
+    stage finds it and trains normally. With `wait_for`, the worker first waits (at most
+    `wait_timeout` seconds) until that file exists. A closure, so that Spark ships it by value.
     """
 
     def on_exchange(worker_id: int, commits: int) -> None:
         if worker_id != worker or commits != after_commits:
             return
+        if wait_for is not None:
+            deadline = time.monotonic() + wait_timeout
+            while not os.path.exists(wait_for):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{wait_for} did not appear in {wait_timeout} s")
+                time.sleep(0.01)
         try:
             with open(marker, "x"):  # only the first attempt gets here
                 pass

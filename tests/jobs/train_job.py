@@ -22,7 +22,15 @@ from distkeras.trainers import base as trainers_base
 
 
 class EpochPrinter(keras.callbacks.Callback):
+    """Prints "epoch N" after each epoch and, given a path, leaves `<path>.epoch-N` too."""
+
+    def __init__(self, path=None):
+        super().__init__()
+        self.path = path
+
     def on_epoch_end(self, epoch, logs=None):
+        if self.path is not None:
+            open(f"{self.path}.epoch-{epoch}", "w").close()
         print(f"epoch {epoch}", flush=True)
 
 
@@ -44,6 +52,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--fault", default=None, help="worker:after_commits:action:marker")
+    parser.add_argument(
+        "--fault-after-epoch",
+        type=int,
+        default=None,
+        help="the fault waits until the driver has ended this epoch (0-based)",
+    )
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--ps-port", type=int, default=0)
     args = parser.parse_args()
@@ -69,7 +83,10 @@ def main() -> None:
     )
     if args.fault:
         worker, after, action, marker = args.fault.split(":")
-        hook = faults.exchange_fault(int(worker), int(after), action, marker)
+        wait_for = (
+            None if args.fault_after_epoch is None else f"{marker}.epoch-{args.fault_after_epoch}"
+        )
+        hook = faults.exchange_fault(int(worker), int(after), action, marker, wait_for=wait_for)
         trainers_base.WorkerPlan = faults.plan_with(hook)
     started = time.monotonic()
     try:
@@ -77,7 +94,7 @@ def main() -> None:
             x[: args.rows],
             y[: args.rows],
             epochs=args.epochs,
-            callbacks=[EpochPrinter()],
+            callbacks=[EpochPrinter(args.fault and args.fault.split(":")[3])],
             verbose=0,
         )
     except KeyboardInterrupt:
