@@ -31,7 +31,8 @@ class ADAG(Trainer, algorithm="adag"):
 
 
 class DOWNPOUR(Trainer, algorithm="downpour"):
-    """DOWNPOUR asynchronous SGD: commits Δ (default λ = 5)."""
+    """DOWNPOUR asynchronous SGD: commits Δ (default λ: a sixth of each worker's epoch,
+    5 to 20 steps)."""
 
 
 class DynSGD(Trainer, algorithm="dynsgd"):

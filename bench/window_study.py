@@ -1,0 +1,134 @@
+"""DOWNPOUR's communication window: `model.fit` and DOWNPOUR at several windows, alternated.
+
+Part 1, the time-to-accuracy workload (MNIST 8,000 rows, MLP 784-256-128-10, Adam(1e-3),
+batch 32, 20 epochs, 2 workers on `local[2]`, cached DataFrame): each repetition runs
+`model.fit`, then DOWNPOUR at its default window and at each fixed window, and prints
+every run's accuracy minus `fit`'s of the same repetition and its samples/s over `fit`'s.
+Part 2, scikit-learn's digits (tests/test_default_trainer.py's setting: MLP 64-64-10,
+30 epochs, about 22 steps per worker and epoch): accuracy of `fit` and of each window.
+
+Usage: .venv/bin/python bench/window_study.py [--repeat 4] [--windows 5,10,20]
+    [--epochs 20] [--skip-digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from time_to_accuracy import fit_run, trainer_run
+from train_bench import mlp
+
+logger = logging.getLogger(__name__)
+
+DIGITS_EPOCHS = 30
+
+
+def window_label(window: int | None) -> str:
+    return "default" if window is None else f"λ={window}"
+
+
+def downpour(model, window: int | None, seed: int = 0):
+    from distkeras import trainers
+
+    return trainers.DOWNPOUR(model, num_workers=2, seed=seed, communication_window=window)
+
+
+def mnist_study(spark, windows: list, repeat: int, epochs: int) -> None:
+    from distkeras.data import numpy_to_frame
+    from distkeras.datasets import load_mnist
+
+    (x, y), (x_test, y_test) = load_mnist()
+    df = numpy_to_frame(spark, {"features": x, "label": y}, packed=True).repartition(2).cache()
+    df.count()
+    downpour(mlp(), None).fit(df.limit(64), verbose=0)  # warm the executors
+    rows = {window: [] for window in windows}
+    for repetition in range(repeat):
+        fit = fit_run(x, y, x_test, y_test, epochs)
+        fit_rate = fit.samples / fit.seconds
+        for window in windows:
+            run = trainer_run(
+                "downpour",
+                window_label(window),
+                lambda window=window: downpour(mlp(), window),
+                df,
+                x_test,
+                y_test,
+                epochs,
+            )
+            gap = (run.accuracy - fit.accuracy) * 100
+            rows[window].append((gap, run.samples / run.seconds / fit_rate))
+            logger.info(
+                "repetition %d, %s: %+.2f points, %.2fx (fit %.4f)",
+                repetition + 1,
+                window_label(window),
+                gap,
+                rows[window][-1][1],
+                fit.accuracy,
+            )
+    df.unpersist()
+    print(f"\nMNIST 8,000 rows x {epochs} epochs, {repeat} repetitions (each next to its fit)")
+    print(f"{'window':<8} {'accuracy − fit (points)':<34} samples/s vs fit")
+    for window, measured in rows.items():
+        gaps = ", ".join(f"{gap:+.2f}" for gap, _ in measured)
+        ratios = ", ".join(f"{ratio:.2f}x" for _, ratio in measured)
+        print(f"{window_label(window):<8} {gaps:<34} {ratios}")
+
+
+def digits_study(windows: list) -> None:
+    import keras
+    import numpy as np
+
+    from distkeras.datasets import load_digits
+
+    (x, y), (x_test, y_test) = load_digits()
+
+    def digits_mlp():
+        model = keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
+        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        return model
+
+    def accuracy(model) -> float:
+        return float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
+
+    keras.utils.set_random_seed(0)
+    reference = digits_mlp()
+    start = [w.copy() for w in reference.get_weights()]
+    reference.fit(x, y, batch_size=32, epochs=DIGITS_EPOCHS, verbose=0)
+    print(f"\ndigits ({len(x)} rows) x {DIGITS_EPOCHS} epochs: fit {accuracy(reference):.4f}")
+    for window in windows:
+        model = digits_mlp()
+        model.set_weights(start)
+        downpour(model, window).fit(x, y, epochs=DIGITS_EPOCHS, batch_size=32, verbose=0)
+        print(f"  {window_label(window):<8} {accuracy(model):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--windows", default="5,10,20", help="fixed windows besides the default")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--skip-digits", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from distkeras.spark import get_spark_session
+
+    windows = [None] + [int(w) for w in args.windows.split(",") if w]
+    spark = get_spark_session("local[2]", app_name="distkeras-window-study")
+    try:
+        mnist_study(spark, windows, args.repeat, args.epochs)
+        if not args.skip_digits:
+            digits_study(windows)
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    main()
