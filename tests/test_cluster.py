@@ -46,7 +46,7 @@ def test_adag_on_separate_executor_processes():
     )  # fmt: skip
     assert code == 0, result
     assert result["master"] == "local-cluster[2,1,1024]"
-    assert result["accuracy"] >= 0.95  # as on local[2]
+    assert result["accuracy"] >= 0.93  # as on local[2]; chance: 0.10
     assert sorted(s["worker"] for s in result["summaries"]) == [0, 1]
 
 

@@ -142,7 +142,7 @@ def test_interrupted_run_resumes_to_the_same_accuracy(mnist, tmp_path):
     resumed = trainers.DOWNPOUR(model, num_workers=2, resume_from=folder, seed=5)
     history = resumed.fit(x, y, epochs=4, verbose=0)
     assert history.epoch == [2, 3]
-    assert accuracy(model, x_test, y_test) >= 0.95  # as an uninterrupted DOWNPOUR run
+    assert accuracy(model, x_test, y_test) >= 0.93  # as an uninterrupted run; chance: 0.10
 
 
 def test_resume_from_an_empty_folder_names_it(tmp_path):
