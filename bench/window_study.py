@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from time_to_accuracy import fit_run, trainer_run
+from time_to_accuracy import alternate_with_fit, print_pairs
 from train_bench import mlp
-
-logger = logging.getLogger(__name__)
 
 DIGITS_EPOCHS = 30
 
@@ -42,37 +40,10 @@ def mnist_study(spark, windows: list, repeat: int, epochs: int) -> None:
     df = numpy_to_frame(spark, {"features": x, "label": y}, packed=True).repartition(2).cache()
     df.count()
     downpour(mlp(), None).fit(df.limit(64), verbose=0)  # warm the executors
-    rows = {window: [] for window in windows}
-    for repetition in range(repeat):
-        fit = fit_run(x, y, x_test, y_test, epochs)
-        fit_rate = fit.samples / fit.seconds
-        for window in windows:
-            run = trainer_run(
-                "downpour",
-                window_label(window),
-                lambda window=window: downpour(mlp(), window),
-                df,
-                x_test,
-                y_test,
-                epochs,
-            )
-            gap = (run.accuracy - fit.accuracy) * 100
-            rows[window].append((gap, run.samples / run.seconds / fit_rate))
-            logger.info(
-                "repetition %d, %s: %+.2f points, %.2fx (fit %.4f)",
-                repetition + 1,
-                window_label(window),
-                gap,
-                rows[window][-1][1],
-                fit.accuracy,
-            )
+    makers = {window_label(w): lambda w=w: downpour(mlp(), w) for w in windows}
+    pairs = alternate_with_fit((x, y, x_test, y_test, df), makers, repeat, epochs)
     df.unpersist()
-    print(f"\nMNIST 8,000 rows x {epochs} epochs, {repeat} repetitions (each next to its fit)")
-    print(f"{'window':<8} {'accuracy − fit (points)':<34} samples/s vs fit")
-    for window, measured in rows.items():
-        gaps = ", ".join(f"{gap:+.2f}" for gap, _ in measured)
-        ratios = ", ".join(f"{ratio:.2f}x" for _, ratio in measured)
-        print(f"{window_label(window):<8} {gaps:<34} {ratios}")
+    print_pairs(pairs, f"MNIST 8,000 rows x {epochs} epochs, {repeat} alternations with fit")
 
 
 def digits_study(windows: list) -> None:
