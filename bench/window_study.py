@@ -4,11 +4,13 @@ Part 1, the time-to-accuracy workload (MNIST 8,000 rows, MLP 784-256-128-10, Ada
 batch 32, 20 epochs, 2 workers on `local[2]`, cached DataFrame): each repetition runs
 `model.fit`, then DOWNPOUR at its default window and at each fixed window, and prints
 every run's accuracy minus `fit`'s of the same repetition and its samples/s over `fit`'s.
-Part 2, scikit-learn's digits (tests/test_default_trainer.py's setting: MLP 64-64-10,
-30 epochs, about 22 steps per worker and epoch): accuracy of `fit` and of each window.
+Part 2, short runs (5 epochs): the center's test accuracy at every epoch end, mean and
+lowest over the repetitions, next to `model.fit`'s. Part 3, scikit-learn's digits
+(tests/test_default_trainer.py's setting: MLP 64-64-10, 30 epochs, about 22 steps per
+worker and epoch): accuracy of `fit` and of each window.
 
-Usage: .venv/bin/python bench/window_study.py [--repeat 4] [--windows 5,10,20]
-    [--epochs 20] [--skip-digits]
+Usage: .venv/bin/python bench/window_study.py [--repeat 4] [--windows 10,20]
+    [--epochs 20] [--skip-long] [--skip-digits]
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from time_to_accuracy import alternate_with_fit, print_pairs
+from time_to_accuracy import alternate_with_fit, fit_run, print_pairs, trainer_run
 from train_bench import mlp
 
 DIGITS_EPOCHS = 30
+CURVE_EPOCHS = 5
 
 
 def window_label(window: int | None) -> str:
@@ -44,6 +47,34 @@ def mnist_study(spark, windows: list, repeat: int, epochs: int) -> None:
     pairs = alternate_with_fit((x, y, x_test, y_test, df), makers, repeat, epochs)
     df.unpersist()
     print_pairs(pairs, f"MNIST 8,000 rows x {epochs} epochs, {repeat} alternations with fit")
+
+
+def curve_study(spark, windows: list, repeat: int, epochs: int) -> None:
+    """The center's test accuracy at every epoch end of short runs: the mean and the lowest
+    over `repeat` runs, per window, next to `model.fit`'s."""
+    import numpy as np
+
+    from distkeras.data import numpy_to_frame
+    from distkeras.datasets import load_mnist
+
+    (x, y), (x_test, y_test) = load_mnist()
+    df = numpy_to_frame(spark, {"features": x, "label": y}, packed=True).repartition(2).cache()
+    df.count()
+    curves = {"fit": [], **{window_label(w): [] for w in windows}}
+    for _ in range(repeat):
+        curves["fit"].append(fit_run(x, y, x_test, y_test, epochs).curve)
+        for window in windows:
+            make = lambda window=window: downpour(mlp(), window)  # noqa: E731
+            run = trainer_run("downpour", window_label(window), make, df, x_test, y_test, epochs)
+            curves[window_label(window)].append(run.curve)
+    df.unpersist()
+    print(f"\nTest accuracy at each epoch end, {repeat} runs of {epochs} epochs: mean (lowest)")
+    for label, runs in curves.items():
+        accuracies = np.array([[acc for _, acc in curve] for curve in runs])
+        cells = "  ".join(
+            f"{m:.4f} ({low:.4f})" for m, low in zip(accuracies.mean(0), accuracies.min(0))
+        )
+        print(f"{label:<8} {cells}")
 
 
 def digits_study(windows: list) -> None:
@@ -83,9 +114,10 @@ def digits_study(windows: list) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=4)
-    parser.add_argument("--windows", default="5,10,20", help="fixed windows besides the default")
+    parser.add_argument("--windows", default="10,20", help="fixed windows besides the default")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--skip-long", action="store_true", help="only the short runs, digits")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -94,7 +126,9 @@ def main() -> None:
     windows = [None] + [int(w) for w in args.windows.split(",") if w]
     spark = get_spark_session("local[2]", app_name="distkeras-window-study")
     try:
-        mnist_study(spark, windows, args.repeat, args.epochs)
+        if not args.skip_long:
+            mnist_study(spark, windows, args.repeat, args.epochs)
+        curve_study(spark, windows, args.repeat, CURVE_EPOCHS)
         if not args.skip_digits:
             digits_study(windows)
     finally:

@@ -203,9 +203,7 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source, clien
     from distkeras.learning_rate import RateFollower
 
     algorithm = plan.algorithm
-    epoch_rows = plan.epoch_rows(source.rows)
-    steps_per_epoch = -(-epoch_rows // plan.batch_size)
-    window_rows = (algorithm.window_steps(steps_per_epoch) or 1 << 40) * plan.batch_size
+    window_rows = (algorithm.window or 1 << 40) * plan.batch_size
     piece_rows = plan.batch_size * max(1, min(window_rows, source.piece_rows) // plan.batch_size)
     rng = np.random.default_rng(None if plan.seed is None else plan.seed + worker_id)
     rates = RateFollower(model.optimizer)
@@ -216,8 +214,13 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source, clien
     model.set_weights(reference)
     rates.follow(client.published)  # a rate the driver set before training: from step one
     first_epoch = max(plan.first_epoch, client.epoch)  # later in a retried stage
+    epoch_rows = plan.epoch_rows(source.rows)
     client.report(
-        epoch=first_epoch, samples=0, steps=0, rows=epoch_rows, steps_per_epoch=steps_per_epoch
+        epoch=first_epoch,
+        samples=0,
+        steps=0,
+        rows=epoch_rows,
+        steps_per_epoch=-(-epoch_rows // plan.batch_size),
     )
     last_report = time.monotonic()
 

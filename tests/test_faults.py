@@ -56,9 +56,9 @@ def test_failed_worker_is_retried_from_the_current_center(tmp_path):
     marker = tmp_path / "fault-done"
     code, result = run_job(
         "--master", "local[2,2]", "--trainer", "DOWNPOUR", "--epochs", "3",
-        "--fault", f"0:17:fail:{marker}", "--fault-after-epoch", "1",
-    )  # fmt: skip  # 7 commits per epoch (125 steps, window 20): worker 0 fails in its third
-    # epoch, the driver having ended the second (worker 1 may be slower or faster)
+        "--fault", f"0:60:fail:{marker}", "--fault-after-epoch", "1",
+    )  # fmt: skip  # 25 commits per epoch: worker 0 fails in its third epoch, the driver
+    # having ended the second (worker 1 may be slower or faster)
     assert code == 0, result
     assert marker.exists()  # the fault did happen
     stats = result["stats"]

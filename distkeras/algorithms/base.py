@@ -8,7 +8,6 @@ nothing of sockets or Spark.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Protocol
 
 import numpy as np
@@ -46,44 +45,18 @@ def difference(a: Weights, b: Weights, scale: float = 1.0) -> Weights:
     return [((x - y) * scale).astype(x.dtype, copy=False) for x, y in zip(a, b)]
 
 
-@dataclasses.dataclass(frozen=True)
-class EpochShare:
-    """A window sized to each worker's epoch: about `per_epoch` exchanges an epoch, and
-    between `low` and `high` local steps (few exchanges cost accuracy on small data, many
-    cost throughput on large data)."""
-
-    per_epoch: int = 6
-    low: int = 5
-    high: int = 20
-
-    def steps(self, steps_per_epoch: int) -> int:
-        """The window for a worker whose epoch has `steps_per_epoch` local steps."""
-        return max(self.low, min(self.high, steps_per_epoch // self.per_epoch))
-
-    def __str__(self) -> str:
-        return f"{self.low}–{self.high}: steps per epoch / {self.per_epoch}"
-
-
 class Algorithm:
     """A distributed optimisation rule.
 
     Attributes:
-        window: local steps between two exchanges with the server: a number, an
-            EpochShare (decided by each worker from its epoch), or None (once per epoch).
+        window: local steps between two exchanges with the server (None: once per epoch).
         synchronous: True when commits are gathered in rounds (see `round_rule`).
     """
 
     synchronous = False
 
-    def __init__(self, window: int | EpochShare | None):
+    def __init__(self, window: int | None):
         self.window = window
-
-    def window_steps(self, steps_per_epoch: int) -> int | None:
-        """Local steps between two exchanges for a worker whose epoch has `steps_per_epoch`
-        steps (None: once per epoch)."""
-        if isinstance(self.window, EpochShare):
-            return self.window.steps(steps_per_epoch)
-        return self.window
 
     def local_weights(self, center: Weights, worker_id: int) -> Weights:
         """The part of the center a worker trains (all of it, except for ensembles)."""

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from distkeras.algorithms.adag import ADAG
 from distkeras.algorithms.aeasgd import AEASGD
 from distkeras.algorithms.averaging import Averaging
-from distkeras.algorithms.base import Algorithm, EpochShare
+from distkeras.algorithms.base import Algorithm
 from distkeras.algorithms.downpour import Downpour
 from distkeras.algorithms.dynsgd import DynSGD
 from distkeras.algorithms.eamsgd import EAMSGD
@@ -83,8 +83,7 @@ class AlgorithmSpec:
     Attributes:
         trainer: the public class name in distkeras.trainers.
         algorithm: the Algorithm class (worker and server rules).
-        window: the default communication window λ: a number of local steps, an EpochShare
-            (sized to each worker's epoch) or None (once per epoch).
+        window: the default communication window λ; None: once per epoch.
         choose: when to choose it (one line, for the docs' table).
         parameters: the algorithm's own arguments, in its constructor's order.
         workers: MANY (`num_workers`), ONE (always one; no window) or MEMBERS
@@ -93,7 +92,7 @@ class AlgorithmSpec:
 
     trainer: str
     algorithm: type[Algorithm]
-    window: int | EpochShare | None
+    window: int | None
     choose: str
     parameters: Mapping[str, Parameter] = dataclasses.field(default_factory=dict)
     workers: str = MANY
@@ -129,10 +128,7 @@ REGISTRY: Mapping[str, AlgorithmSpec] = MappingProxyType(
             "the published ADAG; needs about λ times the learning rate",
         ),
         "downpour": AlgorithmSpec(
-            "DOWNPOUR",
-            Downpour,
-            EpochShare(),
-            "the default: matches model.fit at the model's own optimizer",
+            "DOWNPOUR", Downpour, 5, "the default: matches model.fit at the model's own optimizer"
         ),
         "dynsgd": AlgorithmSpec(
             "DynSGD",

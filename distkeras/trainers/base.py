@@ -14,7 +14,7 @@ import time
 
 from distkeras import data, inputs, placement, validation, warmup
 from distkeras.algorithms import registry
-from distkeras.algorithms.base import Algorithm, EpochShare
+from distkeras.algorithms.base import Algorithm
 from distkeras.checkpoint import Checkpointer, load_checkpoint
 from distkeras.inputs import arrays, columns, labels
 from distkeras.inputs.options import FitOptions
@@ -163,7 +163,7 @@ class Trainer:
         }
         return self.spec.algorithm(self.window(), **self.parameters, **derived)
 
-    def window(self) -> int | EpochShare | None:
+    def window(self) -> int | None:
         """Local steps between two exchanges: `communication_window`, else the registry's."""
         return self.communication_window or self.spec.window
 

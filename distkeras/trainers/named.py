@@ -31,8 +31,7 @@ class ADAG(Trainer, algorithm="adag"):
 
 
 class DOWNPOUR(Trainer, algorithm="downpour"):
-    """DOWNPOUR asynchronous SGD: commits Δ (default λ: a sixth of each worker's epoch,
-    5 to 20 steps)."""
+    """DOWNPOUR asynchronous SGD: commits Δ (default λ = 5)."""
 
 
 class DynSGD(Trainer, algorithm="dynsgd"):
