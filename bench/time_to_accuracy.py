@@ -12,9 +12,9 @@ final accuracy minus 0.5 points, the final accuracy and samples/s.
 Before the table, in the same fresh session: the session's first fit (executors' imports
 included) and the warm overhead of later fits, on 512 rows; after it, one epoch on a
 627 MB float32 numpy array (bench/fixed_costs.py). The default trainer's targets are
-judged on `--repeat` alternations of `fit` and the default (one run of `fit` moves by up to
-half a point from the next), each compared with the `fit` just before it; every
-alternation is printed, then the targets, met or not.
+judged on `--repeat` alternations of `fit` and the default (one run of `fit` moved by up to
+0.75 points from the next in docs/performance.md's runs), each compared with the `fit`
+just before it; every alternation is printed, then the targets, met or not.
 
 Usage: .venv/bin/python bench/time_to_accuracy.py [--epochs 20] [--runs adag,downpour,...]
     [--adag-window 4] [--skip-fixed-costs] [--repeat 3]
