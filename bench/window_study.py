@@ -18,7 +18,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from time_to_accuracy import alternate_with_fit, fit_run, print_pairs, trainer_run
+from time_to_accuracy import (
+    alternate_with_fit,
+    cached_mnist,
+    fit_run,
+    print_pairs,
+    trainer_run,
+)
 from train_bench import mlp
 
 DIGITS_EPOCHS = 30
@@ -35,31 +41,18 @@ def downpour(model, window: int | None, seed: int = 0):
     return trainers.DOWNPOUR(model, num_workers=2, seed=seed, communication_window=window)
 
 
-def mnist_study(spark, windows: list, repeat: int, epochs: int) -> None:
-    from distkeras.data import numpy_to_frame
-    from distkeras.datasets import load_mnist
-
-    (x, y), (x_test, y_test) = load_mnist()
-    df = numpy_to_frame(spark, {"features": x, "label": y}, packed=True).repartition(2).cache()
-    df.count()
-    downpour(mlp(), None).fit(df.limit(64), verbose=0)  # warm the executors
+def mnist_study(data, windows: list, repeat: int, epochs: int) -> None:
     makers = {window_label(w): lambda w=w: downpour(mlp(), w) for w in windows}
-    pairs = alternate_with_fit((x, y, x_test, y_test, df), makers, repeat, epochs)
-    df.unpersist()
+    pairs = alternate_with_fit(data, makers, repeat, epochs)
     print_pairs(pairs, f"MNIST 8,000 rows x {epochs} epochs, {repeat} alternations with fit")
 
 
-def curve_study(spark, windows: list, repeat: int, epochs: int) -> None:
+def curve_study(data, windows: list, repeat: int, epochs: int) -> None:
     """The center's test accuracy at every epoch end of short runs: the mean and the lowest
     over `repeat` runs, per window, next to `model.fit`'s."""
     import numpy as np
 
-    from distkeras.data import numpy_to_frame
-    from distkeras.datasets import load_mnist
-
-    (x, y), (x_test, y_test) = load_mnist()
-    df = numpy_to_frame(spark, {"features": x, "label": y}, packed=True).repartition(2).cache()
-    df.count()
+    x, y, x_test, y_test, df = data
     curves = {"fit": [], **{window_label(w): [] for w in windows}}
     for _ in range(repeat):
         curves["fit"].append(fit_run(x, y, x_test, y_test, epochs).curve)
@@ -67,7 +60,6 @@ def curve_study(spark, windows: list, repeat: int, epochs: int) -> None:
             make = lambda window=window: downpour(mlp(), window)  # noqa: E731
             run = trainer_run("downpour", window_label(window), make, df, x_test, y_test, epochs)
             curves[window_label(window)].append(run.curve)
-    df.unpersist()
     print(f"\nTest accuracy at each epoch end, {repeat} runs of {epochs} epochs: mean (lowest)")
     for label, runs in curves.items():
         accuracies = np.array([[acc for _, acc in curve] for curve in runs])
@@ -126,9 +118,12 @@ def main() -> None:
     windows = [None] + [int(w) for w in args.windows.split(",") if w]
     spark = get_spark_session("local[2]", app_name="distkeras-window-study")
     try:
+        data = cached_mnist(spark)
+        downpour(mlp(), None).fit(data[-1].limit(64), verbose=0)  # warm the executors
         if not args.skip_long:
-            mnist_study(spark, windows, args.repeat, args.epochs)
-        curve_study(spark, windows, args.repeat, CURVE_EPOCHS)
+            mnist_study(data, windows, args.repeat, args.epochs)
+        curve_study(data, windows, args.repeat, CURVE_EPOCHS)
+        data[-1].unpersist()
         if not args.skip_digits:
             digits_study(windows)
     finally:

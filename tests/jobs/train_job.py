@@ -81,6 +81,7 @@ def main() -> None:
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_interval=1.0,
     )
+    marker = None  # the fault's marker file; the driver's epoch files are named after it
     if args.fault:
         worker, after, action, marker = args.fault.split(":")
         wait_for = (
@@ -94,7 +95,7 @@ def main() -> None:
             x[: args.rows],
             y[: args.rows],
             epochs=args.epochs,
-            callbacks=[EpochPrinter(args.fault and args.fault.split(":")[3])],
+            callbacks=[EpochPrinter(marker)],
             verbose=0,
         )
     except KeyboardInterrupt:
