@@ -19,9 +19,9 @@ EPOCHS = 30
 SEEDS = (0, 1, 2, 3, 4)
 
 
-def train_pair(seed: int) -> tuple[float, float]:
+def train_pair(digits, seed: int) -> tuple[float, float]:
     """`model.fit` and the default trainer from the same initial weights: test accuracies."""
-    (x, y), (x_test, y_test) = load_digits()
+    (x, y), (x_test, y_test) = digits
     keras.utils.set_random_seed(seed)
     reference = mlp(input_dim=64, hidden=(64,), optimizer=keras.optimizers.Adam(1e-3))
     start = [w.copy() for w in reference.get_weights()]
@@ -40,7 +40,8 @@ def test_default_trainer_within_one_point_of_model_fit(spark):
     # One test image is 0.22 points, and one asynchronous run lands within about 1.1 points
     # of another (0.9689-0.9800 over eight, from the same start), so the means of five
     # pairs are compared: each pair starts from the same weights.
-    pairs = [train_pair(seed) for seed in SEEDS]
+    digits = load_digits()
+    pairs = [train_pair(digits, seed) for seed in SEEDS]
     expected = float(np.mean([fit for fit, _ in pairs]))
     got = float(np.mean([trained for _, trained in pairs]))
     assert got >= expected - 0.01, f"{registry.DEFAULT}: {pairs} (model.fit, trainer)"
