@@ -11,6 +11,8 @@ NOTEBOOKS = ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"]
 CONNECT = ["pyspark[connect]>=4.0"]
 # Keras' TensorBoard callback cannot write event files without it (tests/test_callbacks.py).
 TENSORBOARD = ["tensorboard>=2.16"]
+# The package's import contracts (.importlinter), checked by tests/test_layout.py.
+LAYOUT = ["import-linter>=2.0"]
 TEST = [
     "pytest>=8",
     "hypothesis>=6",
@@ -20,6 +22,7 @@ TEST = [
     *NOTEBOOKS,
     *CONNECT,
     *TENSORBOARD,
+    *LAYOUT,
 ]
 
 setup(
@@ -38,8 +41,8 @@ setup(
         # Spark's columnar (Arrow) transfer of DataFrame partitions needs these two.
         "pyarrow>=11",
         "pandas>=2.0,<3",  # PySpark warns that pandas 3 is not yet supported
-        # Poly1305 frame tags and the TLS certificate of the parameter server: OpenSSL's
-        # primitives, not home-made ones.
+        # Poly1305 frame tags, X25519 and AES-256-GCM of the parameter server's sessions:
+        # OpenSSL's primitives, not home-made ones.
         "cryptography>=41",
     ],
     extras_require={"test": TEST, "examples": EXAMPLES, "docs": DOCS, "connect": CONNECT},

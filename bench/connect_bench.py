@@ -74,7 +74,8 @@ def main() -> None:
     from pyspark.sql.connect.session import SparkSession as ConnectSession
 
     from distkeras.datasets import load_mnist
-    from distkeras.spark import get_spark_session, serve_connect
+    from distkeras.spark.session import get_spark_session
+    from distkeras.testing import serve_connect
 
     (x_train, y_train), test = load_mnist()
     arrays = {"features": x_train, "label": y_train}

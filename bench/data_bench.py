@@ -47,7 +47,7 @@ def main() -> None:
     from pyspark.ml.functions import array_to_vector
 
     from distkeras.data import columnar_frame, numpy_to_frame, pack_column
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
 
     spark = get_spark_session("local[2]", app_name="distkeras-data-bench")
     rng = np.random.default_rng(0)

@@ -55,7 +55,7 @@ def main() -> None:
 
     from distkeras.data import numpy_to_frame
     from distkeras.ml import KerasModel
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
     from tests.conftest import mlp
 
     spark = get_spark_session(

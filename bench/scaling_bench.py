@@ -58,7 +58,7 @@ def train_epochs(model, source, epochs: int, rng) -> float:
     """Trains `epochs` epochs from `source` as a worker does (windows of WINDOW steps, taken
     from the source's shuffled epoch); returns the seconds per epoch.
     """
-    from distkeras.local_steps import WindowRunner
+    from distkeras.executor.local_steps import WindowRunner
 
     runner = WindowRunner(model, 32)
     started = time.perf_counter()
@@ -81,7 +81,7 @@ def read_epoch(source, rng) -> float:
 
 def part_spill(args) -> None:
     from distkeras.datasets import load_mnist
-    from distkeras.row_source import ArraySource, SpillSource
+    from distkeras.executor.row_source import ArraySource, SpillSource
 
     (x, y), (x_test, y_test) = load_mnist()
     x, y = x[: len(x) // 2], y[: len(y) // 2]  # one worker's half of 2
@@ -152,7 +152,7 @@ def packed_frame(spark, rows: int):
 def part_memory(args) -> None:
     import keras
 
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
     from distkeras.trainers import SingleTrainer
 
     spark = get_spark_session("local[2]", app_name="distkeras-scaling-memory")
@@ -260,7 +260,7 @@ def part_workers(args) -> None:
     from distkeras import trainers
     from distkeras.data import numpy_to_frame
     from distkeras.datasets import load_mnist
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     counts = (1, 2, 4, 8)

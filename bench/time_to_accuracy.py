@@ -204,7 +204,7 @@ def main() -> None:
 
     from distkeras import trainers
     from distkeras.datasets import load_mnist
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
 
     mnist = load_mnist()
     spark = get_spark_session("local[2]", app_name="distkeras-time-to-accuracy")

@@ -67,7 +67,7 @@ def main() -> None:
     from distkeras import trainers
     from distkeras.data import numpy_to_frame
     from distkeras.datasets import load_mnist
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
 
     (x, y), (x_test, y_test) = load_mnist()
     spark = get_spark_session("local[2]", app_name="distkeras-train-bench")

@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
 
     windows = [None] + [int(w) for w in args.windows.split(",") if w]
     spark = get_spark_session("local[2]", app_name="distkeras-window-study")

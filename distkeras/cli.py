@@ -297,7 +297,7 @@ def _feature_columns(df, columns: list[str], model, option: str = "--features-co
 
 
 def _session(master: str):
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
 
     return get_spark_session(master, app_name="distkeras-cli")
 

@@ -39,7 +39,7 @@ def run(master: str = "local[*]", epochs: int = 10, workers: int = 2, verbose="a
     """Trains on the digits and returns the held-out accuracy."""
     from distkeras.algorithms.registry import DEFAULT
     from distkeras.datasets import load_digits
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
     from distkeras.trainers import make_trainer
 
     (x_train, y_train), (x_test, y_test) = load_digits()

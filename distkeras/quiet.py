@@ -48,7 +48,7 @@ def import_tensorflow(devices: bool = True):
 
     Args:
         devices: also initialise TensorFlow's devices (the cuInit line). Spark's Python daemon
-            (distkeras.executor_daemon) imports without: its forked workers initialise their own.
+            (distkeras.executor.daemon) imports without: its forked workers initialise their own.
 
     Each step happens once per process. Lines that are not start-up chatter (real warnings and
     errors) are written back to stderr once the step is done.

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     from distkeras.data import numpy_to_frame
     from distkeras.datasets import load_mnist_or_digits
     from distkeras.predictors import ModelPredictor, evaluate
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
     from distkeras.trainers import ADAG
 
     # 1. Data: numpy arrays to Spark DataFrames with an ML vector column of raw pixels.

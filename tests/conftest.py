@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(scope="session")
 def spark():
-    from distkeras.spark import get_spark_session
+    from distkeras.spark.session import get_spark_session
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     session = get_spark_session("local[2]", app_name="distkeras-tests")
@@ -25,7 +25,7 @@ def spark():
 @pytest.fixture(scope="session")
 def connect_url(spark):
     """A Spark Connect endpoint on the tests' local[2] session: the same JVM and executors."""
-    from distkeras.spark import serve_connect
+    from distkeras.testing import serve_connect
 
     with serve_connect(spark) as url:
         yield url

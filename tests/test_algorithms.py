@@ -79,7 +79,10 @@ def test_elastic_rule_pulls_then_commits(cls):
 
 
 def test_eamsgd_brings_nesterov_sgd_and_aeasgd_none():
-    optimizer = EAMSGD(32, rho=5.0, learning_rate=0.05, momentum=0.8).worker_optimizer()
+    import keras
+
+    identifier = EAMSGD(32, rho=5.0, learning_rate=0.05, momentum=0.8).worker_optimizer()
+    optimizer = keras.optimizers.get(identifier)
     assert optimizer.get_config()["nesterov"] is True
     assert optimizer.get_config()["momentum"] == pytest.approx(0.8)
     assert AEASGD(32, rho=5.0, learning_rate=0.1).worker_optimizer() is None

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from distkeras import checkpoint
-from distkeras.checkpoint import MANIFEST_FILE, Checkpointer, load_checkpoint
+from distkeras.trainers import checkpoint
+from distkeras.trainers.checkpoint import MANIFEST_FILE, Checkpointer, load_checkpoint
 
 
 def model(hidden=3):

@@ -11,11 +11,11 @@ from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 
-from distkeras import inference
 from distkeras.data import numpy_to_frame
+from distkeras.executor.model_cache import MODELS
 from distkeras.ml import KerasEstimator, KerasModel
 from distkeras.predictors import ModelPredictor, evaluate
-from distkeras.spark import is_connect, task_cpus, task_max_failures, task_slots
+from distkeras.spark.facts import is_connect, task_cpus, task_max_failures, task_slots
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_pipeline_cross_validator_and_persistence_on_connect(
 
     path = str(tmp_path / "pipeline")
     fitted.write().overwrite().save(path)
-    inference.clear_model_cache()
+    MODELS.clear()
     loaded = PipelineModel.load(path)
     again = ordered(loaded.transform(df), "prediction", "rawPrediction")
     np.testing.assert_array_equal(again[0], got[0])
@@ -190,7 +190,7 @@ def test_unreachable_placements_fail_in_time_naming_the_addresses(connect, array
     both simulated with TEST-NET addresses (RFC 5737), which nothing answers."""
     import time
 
-    from distkeras import placement
+    from distkeras.spark import placement
     from distkeras.trainers import DOWNPOUR
 
     monkeypatch.setattr(placement, "advertised", lambda address: ("192.0.2.1", address[1]))

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from distkeras import trainers
-from distkeras.checkpoint import MANIFEST_FILE
 from distkeras.errors import WorkerError
 from distkeras.parameter_server import Client, ParameterServer
 from distkeras.trainers import base as trainers_base
+from distkeras.trainers.checkpoint import MANIFEST_FILE
 
 from .conftest import accuracy, mlp
 from .jobs.faults import exchange_fault, plan_with

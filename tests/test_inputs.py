@@ -11,13 +11,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from distkeras.executor.model_data import row_weights
 from distkeras.inputs import FitOptions, ValidationSet, adapt, train_validation_split
-from distkeras.inputs.labels import (
-    check_array_labels,
-    check_class_weight,
-    row_weights,
-    sparse_outputs,
-)
+from distkeras.inputs.labels import check_array_labels, check_class_weight, sparse_outputs
 
 
 def two_in_two_out():

@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-from distkeras.local_steps import WindowRunner
+from distkeras.executor.local_steps import WindowRunner
 
 from .conftest import mlp
 

@@ -16,7 +16,7 @@ from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 
-from distkeras import inference
+from distkeras.executor.model_cache import MODELS
 from distkeras.ml import KerasEstimator, KerasModel, trainer_names
 from tests.conftest import jobs_started, mlp
 
@@ -99,7 +99,7 @@ def test_mnist_pipeline_accuracy_then_save_and_load(mnist_vectors, tmp_path):
 
     path = str(tmp_path / "mnist_pipeline")
     fitted.write().overwrite().save(path)
-    inference.clear_model_cache()
+    MODELS.clear()
     loaded = PipelineModel.read().session(predictions.sparkSession.newSession()).load(path)
     loaded_stage = loaded.stages[-1]
     assert loaded_stage is not keras_stage

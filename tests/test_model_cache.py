@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from distkeras import model_cache
-from distkeras.local_steps import WindowRunner
+from distkeras.executor import model_cache
+from distkeras.executor.local_steps import WindowRunner
 from distkeras.model_spec import ModelSpec
 
 from .conftest import mlp
@@ -17,7 +17,7 @@ def _window(spec, x, y):
 
 
 def test_a_reused_model_trains_like_a_fresh_one(monkeypatch):
-    monkeypatch.setattr(model_cache, "_ENTRIES", type(model_cache._ENTRIES)())
+    monkeypatch.setattr(model_cache, "MODELS", model_cache.ModelCache(max_entries=2))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 20)).astype("float32")
     y = rng.integers(0, 3, size=64)
@@ -32,7 +32,7 @@ def test_a_reused_model_trains_like_a_fresh_one(monkeypatch):
 
 
 def test_another_architecture_gets_its_own_model(monkeypatch):
-    monkeypatch.setattr(model_cache, "_ENTRIES", type(model_cache._ENTRIES)())
+    monkeypatch.setattr(model_cache, "MODELS", model_cache.ModelCache(max_entries=2))
     small = ModelSpec.from_model(mlp(input_dim=20, hidden=(8,), classes=3))
     large = ModelSpec.from_model(mlp(input_dim=20, hidden=(16,), classes=3))
     build = lambda m: WindowRunner(m, 16)  # noqa: E731
@@ -40,11 +40,11 @@ def test_another_architecture_gets_its_own_model(monkeypatch):
     b, _ = model_cache.model_and_runner(large, None, 16, build)
     c, _ = model_cache.model_and_runner(small, None, 32, build)
     assert len({id(a), id(b), id(c)}) == 3
-    assert len(model_cache._ENTRIES) == model_cache.MAX_MODELS
+    assert len(model_cache.MODELS) == 2  # the least recently used went
 
 
 def test_a_fresh_model_of_the_same_architecture_reuses_the_built_one(monkeypatch):
-    monkeypatch.setattr(model_cache, "_ENTRIES", type(model_cache._ENTRIES)())
+    monkeypatch.setattr(model_cache, "MODELS", model_cache.ModelCache(max_entries=2))
     build = lambda m: WindowRunner(m, 16)  # noqa: E731
     first = ModelSpec.from_model(mlp(input_dim=20, hidden=(8,), classes=3))
     fresh = ModelSpec.from_model(mlp(input_dim=20, hidden=(8,), classes=3))

@@ -8,10 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from distkeras import placement
 from distkeras.errors import DistKerasError
+from distkeras.executor.hosted import MAX_BATCH, ReportRelay
 from distkeras.ps import Client, ParameterServer
 from distkeras.ps.protocol import OBSERVER_ID
+from distkeras.ps.remote import RemoteServer
+from distkeras.spark import placement
 
 SECRET = b"s" * 32
 
@@ -19,7 +21,7 @@ SECRET = b"s" * 32
 @pytest.fixture
 def hosted():
     """A server with a ReportRelay, as worker 0 of an in-cluster run starts it."""
-    relay = placement.ReportRelay()
+    relay = ReportRelay()
     server = ParameterServer(
         [np.zeros(3, np.float32)],
         secret=SECRET,
@@ -34,7 +36,7 @@ def hosted():
 def test_remote_server_follows_reports_and_releases_with_the_final_weights(hosted):
     server, relay = hosted
     reports = []
-    remote = placement.RemoteServer(
+    remote = RemoteServer(
         [("192.0.2.3", 9), server.address],  # the first candidate answers nothing
         SECRET,
         [np.zeros(3, np.float32)],
@@ -87,7 +89,7 @@ def test_a_server_without_on_watch_refuses_observers():
 
 
 def test_an_unreachable_server_fails_naming_every_address_in_time():
-    remote = placement.RemoteServer(
+    remote = RemoteServer(
         [("192.0.2.4", 9), ("127.0.0.1", 9)],
         SECRET,
         [np.zeros(1)],
@@ -115,9 +117,9 @@ def test_placement_names_are_checked():
 
 def test_relay_hands_reports_over_in_bounded_batches(hosted):
     server, relay = hosted
-    for i in range(placement.MAX_BATCH + 5):
+    for i in range(MAX_BATCH + 5):
         relay.on_report({"worker_id": 0, "samples": i})
     first, _ = relay.on_watch({"epoch": 0, "stop": False, "release": False})
     second, _ = relay.on_watch({"epoch": 0, "stop": False, "release": False})
-    assert len(first["reports"]) == placement.MAX_BATCH and len(second["reports"]) == 5
+    assert len(first["reports"]) == MAX_BATCH and len(second["reports"]) == 5
     assert not relay.released.is_set()

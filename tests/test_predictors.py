@@ -9,6 +9,8 @@ import pytest
 
 from distkeras import inference
 from distkeras.data import numpy_to_frame
+from distkeras.executor import inference as executor_inference
+from distkeras.executor.model_cache import MODELS
 from distkeras.predictors import ModelPredictor, evaluate
 from tests.conftest import mlp
 
@@ -116,9 +118,9 @@ def test_model_is_built_once_per_process(monkeypatch, small):
     model = classifier()
     plan = inference.make_plan(model, ["features"], batch_size=16)
     builds = []
-    original = inference._build
-    monkeypatch.setattr(inference, "_build", lambda p: builds.append(p.key) or original(p))
-    inference.clear_model_cache()
+    original = executor_inference._build
+    monkeypatch.setattr(executor_inference, "_build", lambda p: builds.append(p.key) or original(p))
+    MODELS.clear()
     values = pa.array(list(x[:20]), type=pa.list_(pa.float32()))
     features = pa.StructArray.from_arrays([values], names=["features"])
     for _ in range(3):
@@ -131,24 +133,24 @@ def test_model_is_built_once_per_process(monkeypatch, small):
     other = inference.make_plan(classifier(), ["features"], batch_size=16)
     inference.predict_arrays(other, inference.ARGMAX, features)
     assert builds == [plan.key, other.key]
-    inference.clear_model_cache()
+    MODELS.clear()
 
 
 def test_cached_models_are_frozen_out_of_gc_and_evicted_ones_are_freed():
     import gc
     import weakref
 
-    inference.clear_model_cache()
+    MODELS.clear()
     try:
         plans = [inference.make_plan(classifier(), ["features"], 8) for _ in range(5)]
-        first = weakref.ref(inference.cached_model(plans[0]))
+        first = weakref.ref(executor_inference.cached_model(plans[0]))
         assert gc.get_freeze_count() > 0  # PySpark's per-task gc.collect() skips them
         for plan in plans[1:]:
-            inference.cached_model(plan)
+            executor_inference.cached_model(plan)
         gc.collect()
         assert first() is None  # pushed out of the cache of 4, and not kept by the freeze
     finally:
-        inference.clear_model_cache()
+        MODELS.clear()
         gc.unfreeze()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from distkeras.row_source import ArraySource, SpillSource
+from distkeras.executor.row_source import ArraySource, SpillSource
 
 
 def open_spill_files(pids=("self",)) -> list[str]:

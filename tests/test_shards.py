@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from distkeras.errors import DistKerasError
+from distkeras.inputs.shards import Shards
 from distkeras.ps.client import Client
 from distkeras.ps.server import ParameterServer
-from distkeras.shards import Shards
 
 from .conftest import mlp
 

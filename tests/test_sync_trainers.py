@@ -6,7 +6,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from distkeras import trainers
-from distkeras.spark import partition_keys
+from distkeras.spark.facts import partition_keys
 
 from .conftest import accuracy, mlp
 

@@ -1,6 +1,6 @@
 """Executors' early imports: once per session, and harmless when they fail."""
 
-from distkeras import warmup
+from distkeras.spark import warmup
 
 
 def test_imports_start_once_per_session_and_finish(spark, monkeypatch):
@@ -53,7 +53,7 @@ def test_python_workers_outlive_a_fit_on_arrays(spark):
 
 def test_python_workers_start_with_keras_imported(spark):
     """Sessions built by get_spark_session fork Python workers from a daemon that imported
-    TensorFlow (distkeras.executor_daemon)."""
+    TensorFlow (distkeras.executor.daemon)."""
     import pyarrow as pa
 
     def daemon_has_tensorflow(batches):
@@ -72,7 +72,8 @@ def test_python_workers_start_with_keras_imported(spark):
 def test_a_failed_keras_preload_is_logged_and_the_daemon_goes_on(monkeypatch, caplog):
     """The daemon serves every Python task of the application: a failed import is logged,
     and each worker then imports Keras itself."""
-    from distkeras import executor_daemon, quiet
+    from distkeras import quiet
+    from distkeras.executor import daemon as executor_daemon
 
     def broken(devices=True):
         raise ImportError("no TensorFlow here")

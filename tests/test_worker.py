@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from distkeras.errors import WorkerError
-from distkeras.local_steps import WindowRunner
+from distkeras.executor.local_steps import WindowRunner
+from distkeras.executor.worker import describe
 from distkeras.trainers import ADAG, SingleTrainer
 from distkeras.trainers import base as trainers_base
-from distkeras.worker import describe
 
 from .conftest import mlp
 from .jobs.faults import exchange_fault, plan_with

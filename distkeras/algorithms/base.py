@@ -85,5 +85,6 @@ class Algorithm:
         raise NotImplementedError
 
     def worker_optimizer(self):
-        """An optimizer the workers must use instead of the model's, or None."""
+        """An optimizer the workers must use instead of the model's (as an identifier that
+        `keras.optimizers.get` takes), or None."""
         return None

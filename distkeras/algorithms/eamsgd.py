@@ -15,6 +15,12 @@ class EAMSGD(AEASGD):
         self.momentum = momentum
 
     def worker_optimizer(self):
-        import keras
-
-        return keras.optimizers.SGD(self.learning_rate, momentum=self.momentum, nesterov=True)
+        # A Keras optimizer identifier (what `keras.optimizers.get` takes): no Keras here.
+        return {
+            "class_name": "SGD",
+            "config": {
+                "learning_rate": self.learning_rate,
+                "momentum": self.momentum,
+                "nesterov": True,
+            },
+        }

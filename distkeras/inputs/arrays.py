@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from distkeras.executor.model_data import pack
+
 _KINDS = "biufO"  # booleans, integers, floats, strings (object arrays of str, as Keras takes)
 
 
@@ -79,17 +81,6 @@ def output_names(model) -> list[str] | None:
     if len(outputs) == 1 and model.layers:
         return [model.layers[-1].name]
     return [tensor.name for tensor in outputs]
-
-
-def pack(model, part: str, arrays: list):
-    """`arrays` (flat, in the model's order) in the structure of the model's inputs or
-    outputs: a dict for a model built on a dict, one array for one, else a list."""
-    from keras import tree
-
-    struct = getattr(model, f"_{part}_struct", None)
-    if isinstance(struct, dict):
-        return tree.pack_sequence_as(struct, list(arrays))
-    return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
 def adapt(

@@ -2,8 +2,7 @@
 
 `check_array_labels` (numpy, on the driver) and `check_frame_labels` (one Spark aggregate)
 find class indices outside a sparse categorical output's range, or NaN, before training.
-`row_weights` turns `class_weight` and `sample_weight` into the weights of each row, as
-Keras does; the workers call it on their partition.
+Class weights become per-row weights in executor.model_data's `row_weights`, on the workers.
 """
 
 from __future__ import annotations
@@ -159,31 +158,4 @@ def check_class_weight(class_weight, num_outputs: int | None) -> dict[int, float
                 f"Expected `class_weight` values to be numbers. Received: {key}: {value!r}"
             )
         weights[int(key)] = float(value)
-    return weights
-
-
-def row_weights(labels, sample_weight, class_weight) -> np.ndarray | None:
-    """Each row's weight: `sample_weight` times its class's weight, as `keras.Model.fit`.
-
-    A class missing from `class_weight` weighs 1; one-hot labels count by their argmax.
-
-    Args:
-        labels: the first output's labels (class indices or one-hot rows).
-        sample_weight: one weight per row, or None.
-        class_weight: {class index: weight}, or None.
-
-    Returns:
-        float32 weights, or None when both are None.
-    """
-    if class_weight is None:
-        return None if sample_weight is None else np.asarray(sample_weight, np.float32)
-    y = np.asarray(labels)
-    if y.ndim > 1:
-        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[:, 0]
-    y = np.round(y).astype(np.int64)
-    weights = np.ones(len(y), dtype=np.float32)
-    for index, weight in class_weight.items():
-        weights[y == index] = weight
-    if sample_weight is not None:
-        weights *= np.asarray(sample_weight, np.float32)
     return weights

@@ -21,7 +21,7 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
-from distkeras.spark import is_connect
+from distkeras.spark.facts import is_connect
 
 logger = logging.getLogger(__name__)
 

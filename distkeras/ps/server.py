@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import ipaddress
 import logging
 import os
 import selectors
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from distkeras.errors import AuthenticationError, ProtocolError
+from distkeras.net import WILDCARD_HOSTS, is_loopback, route_address
 from distkeras.ps import protocol
 from distkeras.ps.center import AsyncCenter, Center, Refused, RoundCenter, RoundRule, ServerRule
 from distkeras.ps.protocol import (
@@ -48,30 +48,6 @@ MAX_CONNECTIONS = 512
 BACKOFF = (0.05, 1.0)  # accept back-off when out of descriptors: first and longest wait
 LOG_INTERVAL = 5.0  # seconds between two log lines of one kind of accept trouble
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-WILDCARD_HOSTS = frozenset(["", "0.0.0.0", "::"])
-LOOPBACK_HOSTS = frozenset(["localhost", "127.0.0.1", "::1"])
-
-
-def is_loopback(host: str) -> bool:
-    """True if `host` names this machine's loopback interface only."""
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def outbound_host() -> str:
-    """This machine's address on the route to the outside (no packet is sent), else its name."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only, never reached
-            return probe.getsockname()[0]
-    except OSError:
-        return socket.getfqdn()
 
 
 class _RateLimitedLog:
@@ -363,7 +339,7 @@ class ParameterServer:
         host, port = self.address
         if self._host not in WILDCARD_HOSTS:
             return host, port
-        return self._advertise_host or outbound_host(), port
+        return self._advertise_host or route_address(), port
 
     @property
     def encrypted(self) -> bool:

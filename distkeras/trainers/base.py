@@ -12,18 +12,22 @@ from __future__ import annotations
 import logging
 import time
 
-from distkeras import data, inputs, placement, validation, warmup
+from distkeras import data, inputs, validation
 from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
-from distkeras.checkpoint import Checkpointer, load_checkpoint
+from distkeras.executor.hosted import ServerPlan
+from distkeras.executor.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
 from distkeras.inputs import arrays, columns, labels
 from distkeras.inputs.options import FitOptions
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
-from distkeras.monitor import STARTUP_GRACE, TrainingMonitor
-from distkeras.ps.server import WILDCARD_HOSTS, ParameterServer
-from distkeras.spark import client_host, task_cpus, task_max_failures, task_slots
-from distkeras.spark_job import SparkJob
-from distkeras.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
+from distkeras.net import WILDCARD_HOSTS
+from distkeras.ps.remote import RemoteServer
+from distkeras.ps.server import ParameterServer
+from distkeras.spark import get_spark_session, placement, warmup
+from distkeras.spark.facts import client_host, task_cpus, task_max_failures, task_slots
+from distkeras.spark.job import SparkJob
+from distkeras.trainers.checkpoint import Checkpointer, load_checkpoint
+from distkeras.trainers.monitor import STARTUP_GRACE, TrainingMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -294,8 +298,6 @@ class Trainer:
     # ----------------------------------------------------------------- the run
 
     def _spark(self):
-        from distkeras.spark import get_spark_session
-
         return get_spark_session()
 
     def _spark_for_arrays(self):
@@ -430,7 +432,7 @@ class Trainer:
             if where.kind == "cluster":  # in a worker's task: beyond loopback, unless opted out
                 encryption = self.ps_encryption is not False
                 server.stop()
-                server = placement.RemoteServer(
+                server = RemoteServer(
                     placement.observer_candidates(where),
                     server.secret,
                     model.get_weights(),
@@ -441,7 +443,7 @@ class Trainer:
                     encrypted=encryption,
                 )
                 monitor.attach(server)
-                hosted = placement.ServerPlan(
+                hosted = ServerPlan(
                     where.port, self.num_workers, round_timeout, encryption=encryption
                 )
             if train.held is not None and hosted is None:  # rows travel over the connections

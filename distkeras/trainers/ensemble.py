@@ -87,7 +87,7 @@ class EnsembleTrainer(Trainer, algorithm="ensemble"):
 
     def _partition(self, frame):
         """Gives every member's partition all the rows."""
-        from distkeras.spark import partition_keys
+        from distkeras.spark.facts import partition_keys
 
         spark = frame.sparkSession
         keys = partition_keys(spark, self.num_ensembles)

@@ -10,7 +10,7 @@ import functools
 import os
 import time
 
-from distkeras.worker import WorkerPlan
+from distkeras.executor.worker import WorkerPlan
 
 
 def exchange_fault(

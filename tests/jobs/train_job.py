@@ -17,7 +17,7 @@ import numpy as np
 
 from distkeras import trainers
 from distkeras.datasets import load_mnist
-from distkeras.spark import get_spark_session
+from distkeras.spark.session import get_spark_session
 from distkeras.trainers import base as trainers_base
 
 

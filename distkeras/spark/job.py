@@ -12,7 +12,7 @@ import threading
 import uuid
 
 from distkeras.errors import WorkerError
-from distkeras.spark import is_connect
+from distkeras.spark.facts import is_connect
 
 _WORKER_FAILURE = re.compile(r"WorkerError: (worker \d+ failed: [^\n]*)")
 _TOO_FEW_SLOTS = "requires more slots than the total number of slots"

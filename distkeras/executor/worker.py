@@ -20,8 +20,9 @@ import numpy as np
 
 from distkeras.algorithms.base import Algorithm
 from distkeras.errors import WorkerError
+from distkeras.executor.hosted import HostedServer, ServerPlan
+from distkeras.executor.threads import configure_threads
 from distkeras.model_spec import ModelSpec
-from distkeras.placement import HostedServer, ServerPlan
 
 logger = logging.getLogger(__name__)
 
@@ -127,26 +128,15 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def _configure_threads(threads: int) -> None:
-    from distkeras.quiet import import_tensorflow
-
-    tf = import_tensorflow()  # the executor's first TensorFlow import: without its chatter
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        logger.debug("TensorFlow already initialised in this process; keeping its threads")
-
-
 def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
-    from distkeras.local_steps import WindowRunner
-    from distkeras.memory import PeakGrowth
-    from distkeras.model_cache import model_and_runner
-    from distkeras.parameter_server import Client
-    from distkeras.row_source import SpillSource
+    from distkeras.executor.local_steps import WindowRunner
+    from distkeras.executor.memory import PeakGrowth
+    from distkeras.executor.model_cache import model_and_runner
+    from distkeras.executor.row_source import SpillSource
+    from distkeras.ps.client import Client
 
     started = time.monotonic()
-    _configure_threads(plan.threads)
+    configure_threads(plan.threads)
     model, runner = model_and_runner(
         plan.model, plan.custom_objects, plan.batch_size, lambda m: WindowRunner(m, plan.batch_size)
     )
@@ -183,8 +173,7 @@ def _shard_batches(client, columns: list[str]):
 def _model_data(plan: WorkerPlan, columns: dict, model) -> tuple:
     """(x, y, sample_weight) of some rows, structured as the model takes them."""
     from distkeras.data import reshaped
-    from distkeras.inputs.arrays import pack
-    from distkeras.inputs.labels import row_weights
+    from distkeras.executor.model_data import pack, row_weights
 
     features = reshaped(columns, plan.feature_cols, plan.input_shapes)
     labels = [columns[name] for name in plan.label_cols]
@@ -200,7 +189,7 @@ def _train_epochs(plan: WorkerPlan, worker_id: int, model, runner, source, clien
     A window larger than a piece of the shuffle buffer (e.g. a whole epoch) is trained in
     pieces of whole batches and exchanged once, at its end.
     """
-    from distkeras.learning_rate import RateFollower
+    from distkeras.executor.learning_rate import RateFollower
 
     algorithm = plan.algorithm
     window_rows = (algorithm.window or 1 << 40) * plan.batch_size

@@ -1,10 +1,12 @@
-"""Built models kept in an executor's Python worker across fits of the same architecture.
+"""The one cache of built models in an executor's Python worker: training and inference.
 
-Spark reuses its Python workers, so a worker process can keep the compiled model it built
-and the WindowRunner whose `tf.function` it traced. A later fit with the same architecture,
-compile settings (names aside) and batch size gets both back with the new weights and the
-optimizer's state as new (every optimizer variable, `iterations` included, back to its
-value when built): it pays neither the rebuild nor the tracing again. No sockets, no Spark.
+ModelCache: a small LRU under a lock. Spark reuses its Python workers, so a worker process
+can keep the compiled model it built and the WindowRunner whose `tf.function` it traced. A
+later fit with the same architecture, compile settings (names aside) and batch size gets
+both back (`model_and_runner`) with the new weights and the optimizer's state as new (every
+optimizer variable, `iterations` included, back to its value when built): it pays neither
+the rebuild nor the tracing again. Inference keeps its models here too, keyed by their
+fingerprint (executor.inference). No sockets, no Spark.
 """
 
 from __future__ import annotations
@@ -12,13 +14,50 @@ from __future__ import annotations
 import collections
 import json
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 
 from distkeras.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-MAX_MODELS = 2  # per Python worker: the oldest is dropped beyond this
+MAX_MODELS = 4  # per Python worker: the least recently used is dropped beyond this
+
+
+class ModelCache:
+    """A least-recently-used map of built models, safe to share between threads.
+
+    Args:
+        max_entries: entries kept; the least recently used goes beyond this.
+    """
+
+    def __init__(self, max_entries: int = MAX_MODELS) -> None:
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_build(self, key: Hashable, build: Callable):
+        """The entry under `key`, built by `build()` (under the lock) when missing."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            entry = build()
+            self._entries[key] = entry
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            return entry
+
+    def clear(self) -> None:
+        """Forgets every entry (they are rebuilt on next use)."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+MODELS = ModelCache()
 
 
 class _Entry:
@@ -26,9 +65,6 @@ class _Entry:
         self.model = model
         self.runner = runner
         self.optimizer_start = optimizer_start
-
-
-_ENTRIES: collections.OrderedDict = collections.OrderedDict()
 
 
 def canonical_architecture(architecture: str) -> str:
@@ -81,16 +117,17 @@ def model_and_runner(
         batch_size,
         tuple(sorted(custom_objects or {})),
     )
-    entry = _ENTRIES.get(key)
-    if entry is None:
+    built = []
+
+    def build():
         model = spec.build(custom_objects)
         model.optimizer.build(model.trainable_variables)
-        entry = _Entry(model, make_runner(model), [v.numpy() for v in model.optimizer.variables])
-        _ENTRIES[key] = entry
-        while len(_ENTRIES) > MAX_MODELS:
-            _ENTRIES.popitem(last=False)
+        built.append(model)
+        return _Entry(model, make_runner(model), [v.numpy() for v in model.optimizer.variables])
+
+    entry = MODELS.get_or_build(("train", *key), build)
+    if built:
         return entry.model, entry.runner
-    _ENTRIES.move_to_end(key)
     logger.debug("reusing the built model and its traced steps")
     entry.model.set_weights(spec.weights)
     for variable, value in zip(entry.model.optimizer.variables, entry.optimizer_start):

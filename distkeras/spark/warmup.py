@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import weakref
 
-from distkeras.spark_job import SparkJob
+from distkeras.spark.job import SparkJob
 
 logger = logging.getLogger(__name__)
 

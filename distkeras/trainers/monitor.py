@@ -14,7 +14,7 @@ import queue
 import time
 
 from distkeras.errors import WorkerError
-from distkeras.learning_rate import RatePublisher
+from distkeras.trainers.learning_rate import RatePublisher
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
-"""The learning rate that callbacks set on the driver, in force on every worker.
+"""The learning rate that callbacks set on the driver, in force on a worker.
 
-RatePublisher (driver): after each callback event, publishes the driver optimizer's rate
-through the parameter server once it differs from the rate training began with.
-RateFollower (worker): assigns the rate the server published to the worker's optimizer.
-The server only carries the number (a published field of every reply; docs/protocol.md).
+RateFollower assigns the rate the server published (the `learning_rate` field of every
+reply; docs/protocol.md) to the worker's optimizer. The driver's half is
+trainers.learning_rate's RatePublisher.
 """
 
 from __future__ import annotations
@@ -23,31 +22,6 @@ def settable_rate(optimizer) -> float | None:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)):
         return None
     return float(rate)
-
-
-class RatePublisher:
-    """Publishes the driver optimizer's learning rate whenever a callback changed it.
-
-    Until the rate first differs from the one training began with, nothing is published and
-    the workers keep their own optimizer's rate (an algorithm's or `worker_optimizer`'s).
-
-    Args:
-        optimizer: the driver model's optimizer, the one callbacks set; its rate now is the
-            rate training begins with.
-    """
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-        self.published = settable_rate(optimizer)
-
-    def update(self, publish) -> None:
-        """Calls `publish(learning_rate=...)` (the server's `publish`) if the rate changed
-        since the last call."""
-        rate = settable_rate(self.optimizer)
-        if rate is not None and rate != self.published:
-            logger.info("learning rate %s sent to the workers", rate)
-            self.published = rate
-            publish(**{FIELD: rate})
 
 
 class RateFollower:
