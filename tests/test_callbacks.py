@@ -11,7 +11,7 @@ import pytest
 
 from distkeras import trainers
 from distkeras.quiet import CHATTER
-from distkeras.trainers import base as trainers_base
+from distkeras.trainers import run as trainers_run
 
 from .conftest import mlp
 from .jobs.faults import plan_with
@@ -103,7 +103,7 @@ def assert_same(left, right):
 def paced(monkeypatch, folder, windows_per_epoch):
     """Workers wait at each epoch's first exchange until the driver began that epoch."""
     monkeypatch.setattr(
-        trainers_base, "WorkerPlan", plan_with(driver_paced(folder, windows_per_epoch))
+        trainers_run, "WorkerPlan", plan_with(driver_paced(folder, windows_per_epoch))
     )
     return EpochMarkers(folder)
 

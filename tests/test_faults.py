@@ -17,7 +17,7 @@ import pytest
 from distkeras import trainers
 from distkeras.errors import WorkerError
 from distkeras.parameter_server import Client, ParameterServer
-from distkeras.trainers import base as trainers_base
+from distkeras.trainers import run as trainers_run
 from distkeras.trainers.checkpoint import MANIFEST_FILE
 
 from .conftest import accuracy, mlp
@@ -77,7 +77,7 @@ def test_failed_worker_is_retried_from_the_current_center(tmp_path):
 def test_hung_worker_fails_the_run_naming_it(mnist, tmp_path, monkeypatch):
     (x, y), _ = mnist
     hook = exchange_fault(1, 2, "hang", str(tmp_path / "hang"))
-    monkeypatch.setattr(trainers_base, "WorkerPlan", plan_with(hook))
+    monkeypatch.setattr(trainers_run, "WorkerPlan", plan_with(hook))
     trainer = trainers.DOWNPOUR(mlp(hidden=(16,)), num_workers=2, worker_timeout=4.0)
     started = time.monotonic()
     with pytest.raises(WorkerError, match="worker 1 sent no progress"):

@@ -11,7 +11,7 @@ from distkeras.errors import WorkerError
 from distkeras.executor.local_steps import WindowRunner
 from distkeras.executor.worker import describe
 from distkeras.trainers import ADAG, SingleTrainer
-from distkeras.trainers import base as trainers_base
+from distkeras.trainers import run as trainers_run
 
 from .conftest import mlp
 from .jobs.faults import exchange_fault, plan_with
@@ -99,7 +99,7 @@ def test_worker_memory_does_not_grow_with_its_partition(spark):
 
 def test_a_failed_worker_leaves_no_spill_file(spark, tmp_path, monkeypatch):
     hook = exchange_fault(0, 2, "fail", str(tmp_path / "fault"))
-    monkeypatch.setattr(trainers_base, "WorkerPlan", plan_with(hook))
+    monkeypatch.setattr(trainers_run, "WorkerPlan", plan_with(hook))
     trainer = ADAG(linear_model(), batch_size=100, num_epoch=2)
     with pytest.raises(WorkerError, match="test fault injected"):
         trainer.train(packed_frame(spark, 4000), verbose=0)

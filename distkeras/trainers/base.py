@@ -1,33 +1,29 @@
-"""The trainer shared by every algorithm: validate, serve, launch, follow, return.
+"""The trainer shared by every algorithm: Keras' `fit` and `train(df)` on Spark.
 
-Trainer.train(df) and Trainer.fit(x, y, ...) check their input on the driver, start a
-ParameterServer with the algorithm's rules, run the workers as one Spark barrier stage,
-follow them with a TrainingMonitor (progress, validation, callbacks) and return the
-compiled Keras model with the center weights. Each named trainer only picks an algorithm
-from distkeras.algorithms.registry (`class ADAG(Trainer, algorithm="adag")`).
+Trainer: checks its settings and `fit`'s input on the driver (inputs), makes a RunPlan
+(trainers.plan), builds the callbacks as `keras.Model.fit` does, and carries the plan out
+in a TrainingRun (trainers.run: server, Spark job, monitor, checkpoints); it returns the
+History, and the compiled model holds the center weights. Each named trainer only picks an
+algorithm from distkeras.algorithms.registry (`class ADAG(Trainer, algorithm="adag")`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 from distkeras import data, inputs, validation
 from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
-from distkeras.executor.hosted import ServerPlan
-from distkeras.executor.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
-from distkeras.inputs import arrays, columns, labels
+from distkeras.inputs import arrays, labels
 from distkeras.inputs.options import FitOptions
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
-from distkeras.net import WILDCARD_HOSTS
-from distkeras.ps.remote import RemoteServer
-from distkeras.ps.server import ParameterServer
-from distkeras.spark import get_spark_session, placement, warmup
-from distkeras.spark.facts import client_host, task_cpus, task_max_failures, task_slots
-from distkeras.spark.job import SparkJob
+from distkeras.spark import get_spark_session, warmup
+from distkeras.spark.facts import task_cpus, task_slots
 from distkeras.trainers.checkpoint import Checkpointer, load_checkpoint
-from distkeras.trainers.monitor import STARTUP_GRACE, TrainingMonitor
+from distkeras.trainers.monitor import TrainingMonitor
+from distkeras.trainers.options import CheckpointOptions, ServerOptions
+from distkeras.trainers.plan import FRAME, SHARDS, RunPlan
+from distkeras.trainers.run import TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +53,10 @@ class Trainer:
             (in worker 0's task, for executors that cannot reach the client, e.g. over
             Spark Connect), or "auto": the client when the executors reach it, else the
             cluster (docs/cluster.md, "Spark Connect").
-        ps_encryption: TLS 1.3 between workers and the server. None: on whenever the
-            server listens beyond loopback; False: off (weights travel in clear, frames
-            stay authenticated; see docs/cluster.md for what that protects).
+        ps_encryption: seal the sessions between workers and the server (AES-256-GCM under
+            keys agreed in the handshake; docs/protocol.md). None: on whenever the server
+            listens beyond loopback; False: off (weights travel in clear, frames stay
+            authenticated; see docs/cluster.md for what that protects).
         worker_timeout: seconds a worker may go without reporting before the run fails.
         custom_objects: classes and functions the model refers to by name.
         seed: seed of the workers' shuffles.
@@ -129,27 +126,13 @@ class Trainer:
         if communication_window is not None:
             validation.positive_int("communication_window", communication_window)
         self.communication_window = communication_window
-        if not isinstance(ps_port, int) or not 0 <= ps_port < 65536:
-            raise ValueError(
-                f"Expected `ps_port` to be a port number. Received: ps_port={ps_port!r}"
-            )
-        if ps_encryption not in (None, True, False):
-            raise ValueError(
-                "Expected `ps_encryption` to be None, True or False. "
-                f"Received: ps_encryption={ps_encryption!r}"
-            )
-        self.ps_host = ps_host
-        self.ps_port = ps_port
-        self.ps_placement = placement.check_placement(ps_placement)
-        self.ps_encryption = ps_encryption
+        self.server_options = ServerOptions(ps_host, ps_port, ps_placement, ps_encryption)
+        self.checkpoint_options = CheckpointOptions(
+            checkpoint_dir, checkpoint_interval, resume_from
+        )
         self.worker_timeout = validation.positive_number("worker_timeout", worker_timeout)
         self.custom_objects = custom_objects
         self.seed = seed
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_interval = validation.positive_number(
-            "checkpoint_interval", checkpoint_interval
-        )
-        self.resume_from = resume_from
         self._imports = None  # the executors' early imports (warmup.start_imports)
         self.history = None
         self.parameter_server_stats: dict = {}
@@ -286,7 +269,7 @@ class Trainer:
             features_col=self.features_col,
             label_col=self.label_col,
             sample_weight_col=self.sample_weight_col,
-            spark=self._spark_for_arrays,
+            spark=self._spark,
         )
         self._run(fit_inputs, options, callbacks, verbose, weights_by_class)
         return self.history
@@ -298,13 +281,10 @@ class Trainer:
     # ----------------------------------------------------------------- the run
 
     def _spark(self):
-        return get_spark_session()
-
-    def _spark_for_arrays(self):
-        """The session that in-memory inputs travel through, once they are checked: the
-        executors start importing Keras while the driver converts the data."""
-        spark = self._spark()
-        self._imports = warmup.start_imports(spark, self.num_workers)
+        """The session, with the executors' early Keras import started (once per session):
+        they import while the driver converts the data and builds the plan."""
+        spark = get_spark_session()
+        self._imports = self._imports or warmup.start_imports(spark, self.num_workers)
         return spark
 
     def _check_input(self, train: inputs.TrainingColumns) -> None:
@@ -328,12 +308,6 @@ class Trainer:
             )
         return task_cpus(spark)
 
-    def _server_host(self, spark) -> str:
-        """The address the workers connect to (also the one bound, unless a wildcard)."""
-        if self.ps_host and self.ps_host not in WILDCARD_HOSTS:
-            return self.ps_host
-        return client_host(spark)
-
     def _driver_model(self):
         if self.loss is not None or self.metrics is not None or not self.model.compiled:
             settings = compile_settings(self.model, self.worker_optimizer, self.loss, self.metrics)
@@ -347,160 +321,107 @@ class Trainer:
             return frame
         return frame.repartition(self.num_workers)
 
+    def _plan(
+        self, fit_inputs: inputs.FitInputs, options: FitOptions, threads: int, class_weight
+    ) -> RunPlan:
+        """The run's decisions, from the trainer's settings and `fit`'s arguments."""
+        algorithm = self.algorithm()
+        first_epoch = options.initial_epoch
+        resume_from = self.checkpoint_options.resume_from
+        if resume_from is not None:
+            resumed = int(load_checkpoint(resume_from, self.model)["epoch"])
+            logger.info("resuming from %s after epoch %d", resume_from, resumed)
+            first_epoch = max(first_epoch, resumed)
+        train = fit_inputs.train
+        return RunPlan(
+            algorithm=algorithm,
+            spec=ModelSpec.from_model(
+                self.model,
+                self.worker_optimizer or algorithm.worker_optimizer(),
+                self.loss,
+                self.metrics,
+            ),
+            num_workers=self.num_workers,
+            batch_size=options.batch_size or fit_inputs.batch_size or self.batch_size,
+            epochs=options.epochs,
+            first_epoch=first_epoch,
+            data_path=SHARDS if train.held is not None else FRAME,
+            shuffle=options.shuffle,
+            worker_steps=options.worker_steps(self.num_workers),
+            class_weight=class_weight,
+            threads=threads,
+            seed=self.seed,
+            custom_objects=self.custom_objects,
+            worker_timeout=self.worker_timeout,
+            input_shapes=tuple(inputs.row_shapes(self.model) or [None] * len(train.features)),
+        )
+
     def _run(
         self, fit_inputs: inputs.FitInputs, options: FitOptions, callbacks, verbose, class_weight
     ) -> None:
-        import keras
-
+        """Trains as `keras.Model.fit` does: prepare, callbacks, the run, the end."""
         validation.check_callbacks(callbacks)
         train = fit_inputs.train
         self._check_input(train)
         spark = self._spark() if train.frame is None else train.frame.sparkSession
         threads = self._check_slots(spark)
-        imports, self._imports = (
-            self._imports or warmup.start_imports(spark, self.num_workers),
-            None,
-        )
-        algorithm = self.algorithm()
+        imports = self._imports or warmup.start_imports(spark, self.num_workers)
+        self._imports = None
         model = self._driver_model()
-        epochs = options.epochs
-        batch_size = options.batch_size or fit_inputs.batch_size or self.batch_size
-        first_epoch = options.initial_epoch
-        if self.resume_from is not None:
-            resumed = int(load_checkpoint(self.resume_from, model)["epoch"])
-            logger.info("resuming from %s after epoch %d", self.resume_from, resumed)
-            first_epoch = max(first_epoch, resumed)
-        checkpointer = (
-            Checkpointer(self.checkpoint_dir, self.checkpoint_interval)
-            if self.checkpoint_dir
-            else None
-        )
-        spec = ModelSpec.from_model(
-            self.model,
-            self.worker_optimizer or algorithm.worker_optimizer(),
-            self.loss,
-            self.metrics,
-        )
-        verbose = 1 if verbose == "auto" else int(verbose)
-        callback_list = keras.callbacks.CallbackList(  # as keras.Model.fit makes it
-            callbacks,
-            add_history=True,
-            add_progbar=verbose != 0,
-            model=model,
-            verbose=verbose,
-            epochs=epochs,
-            steps=None,  # known once every worker has started (see TrainingMonitor)
-        )
+        plan = self._plan(fit_inputs, options, threads, class_weight)
+
+        callback_list = _callback_list(callbacks, model, verbose, plan.epochs)
+        checkpoints = self.checkpoint_options
         monitor = TrainingMonitor(
             model,
             callback_list,
-            self.num_workers,
-            epochs,
+            plan.num_workers,
+            plan.epochs,
             validation=fit_inputs.validation,
-            worker_timeout=self.worker_timeout,
-            first_epoch=first_epoch,
-            checkpointer=checkpointer,
+            worker_timeout=plan.worker_timeout,
+            first_epoch=plan.first_epoch,
+            checkpointer=(
+                Checkpointer(checkpoints.directory, checkpoints.interval)
+                if checkpoints.directory
+                else None
+            ),
         )
-        round_timeout = self.worker_timeout
-        shards = (
-            None if train.held is None else train.shards(self.num_workers, self.shard_every_row)
-        )
-        server = ParameterServer(
-            model.get_weights(),
-            rule=algorithm.server_rule,
-            host=self.ps_host if self.ps_host in WILDCARD_HOSTS else self._server_host(spark),
-            advertise_host=self._server_host(spark),
-            port=self.ps_port,
-            encryption=self.ps_encryption,
-            round_rule=algorithm.round_rule if algorithm.synchronous else None,
-            num_workers=self.num_workers if algorithm.synchronous else None,
-            round_timeout=round_timeout,
-            on_report=monitor.on_report,
-            shards=shards,
-        )
-        job = None
-        started = time.monotonic()
         model.stop_training = False
-        monitor.attach(server)
         callback_list.on_train_begin()
+        run = TrainingRun(
+            spark,
+            plan,
+            self.server_options,
+            monitor,
+            train,
+            partition=self._partition,
+            shard_every_row=self.shard_every_row,
+        )
         try:
-            server.start()
-            where = placement.choose(
-                spark, self.ps_placement, server.address, self.num_workers, self.ps_port
-            )
-            hosted = None
-            if where.kind == "cluster":  # in a worker's task: beyond loopback, unless opted out
-                encryption = self.ps_encryption is not False
-                server.stop()
-                server = RemoteServer(
-                    placement.observer_candidates(where),
-                    server.secret,
-                    model.get_weights(),
-                    self.num_workers,
-                    monitor.on_report,
-                    connect_timeout=min(self.worker_timeout, STARTUP_GRACE),
-                    tried=where.tried,
-                    encrypted=encryption,
-                )
-                monitor.attach(server)
-                hosted = ServerPlan(
-                    where.port, self.num_workers, round_timeout, encryption=encryption
-                )
-            if train.held is not None and hosted is None:  # rows travel over the connections
-                frame = spark.range(0, self.num_workers, 1, self.num_workers)  # empty tasks
-            else:
-                train = columns.with_frame(train, spark)
-                frame = self._partition(data.columnar_frame(train.frame, train.columns))
-            monitor.begin()  # on_epoch_begin: before any worker's first step
-            plan = WorkerPlan(
-                model=spec,
-                algorithm=algorithm,
-                address=server.advertised_address,
-                secret=server.secret,
-                require_encryption=server.encrypted,
-                feature_cols=train.features,
-                label_cols=train.labels,
-                input_shapes=inputs.row_shapes(self.model) or [None] * len(train.features),
-                batch_size=batch_size,
-                num_epoch=epochs,
-                shuffle=options.shuffle,
-                weight_col=train.sample_weight,
-                class_weight=class_weight,
-                steps_per_epoch=options.worker_steps(self.num_workers),
-                seed=self.seed,
-                timeout=round_timeout + 60.0,
-                threads=threads,
-                custom_objects=self.custom_objects,
-                first_epoch=first_epoch,
-                hosted=hosted,
-                direct=train.held is not None,
-            )
-            workers = frame.mapInArrow(
-                lambda batches: train_partition(plan, batches), SUMMARY_SCHEMA, barrier=True
-            )
-            if task_max_failures(spark) > 1 and hosted is None:
-                # Spark re-runs a failed barrier stage only when it feeds a shuffle.
-                workers = workers.repartition(1)
-            warmup.finish(imports)
-            job = SparkJob(spark, workers.collect)
-            job.start()
-            if hosted is not None:
-                server.start()  # finds worker 0's server, then follows it
-            monitor.follow(job)
-            self.worker_summaries = [row.asDict() for row in job.result()]
-        except BaseException:
-            if job is not None:
-                job.cancel()
-                job.join(timeout=10.0)
-            raise
+            with run:
+                self.worker_summaries = run.train(imports)
         finally:
-            self._training_time = time.monotonic() - started
-            self.parameter_server_stats = {**server.stats(), "retries": monitor.retries}
-            model.set_weights(server.get_weights())
-            monitor.checkpoint()
-            server.stop()
+            self._training_time = run.seconds
+            self.parameter_server_stats = run.stats
         callback_list.on_train_end(monitor.epoch_logs)
         self.history = model.history
+
+
+def _callback_list(callbacks, model, verbose, epochs: int):
+    """A CallbackList with History and, unless silent, the progress bar, as `model.fit`
+    makes it; the steps per epoch are known once every worker has started (the monitor)."""
+    import keras
+
+    verbose = 1 if verbose == "auto" else int(verbose)
+    return keras.callbacks.CallbackList(
+        callbacks,
+        add_history=True,
+        add_progbar=verbose != 0,
+        model=model,
+        verbose=verbose,
+        epochs=epochs,
+        steps=None,
+    )
 
 
 def _num_partitions(frame) -> int | None:

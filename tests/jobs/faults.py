@@ -1,7 +1,7 @@
 """Test-only fault injection through the worker's `on_exchange` hook.
 
 exchange_fault builds a hook that fails or hangs one worker once; plan_with makes the
-trainers build their WorkerPlan with it (tests patch `distkeras.trainers.base.WorkerPlan`).
+trainers build their WorkerPlan with it (tests patch `distkeras.trainers.run.WorkerPlan`).
 A fault may wait for a file the driver leaves (e.g. at an epoch's end), so that it happens at
 a known point of the run whatever the workers' relative pace.
 """

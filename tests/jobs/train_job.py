@@ -18,7 +18,7 @@ import numpy as np
 from distkeras import trainers
 from distkeras.datasets import load_mnist
 from distkeras.spark.session import get_spark_session
-from distkeras.trainers import base as trainers_base
+from distkeras.trainers import run as trainers_run
 
 
 class EpochPrinter(keras.callbacks.Callback):
@@ -88,7 +88,7 @@ def main() -> None:
             None if args.fault_after_epoch is None else f"{marker}.epoch-{args.fault_after_epoch}"
         )
         hook = faults.exchange_fault(int(worker), int(after), action, marker, wait_for=wait_for)
-        trainers_base.WorkerPlan = faults.plan_with(hook)
+        trainers_run.WorkerPlan = faults.plan_with(hook)
     started = time.monotonic()
     try:
         trainer.fit(
