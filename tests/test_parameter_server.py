@@ -11,8 +11,12 @@ import pytest
 
 from distkeras.errors import AuthenticationError, DistKerasError, ProtocolError
 from distkeras.parameter_server import Client, ParameterServer
-from distkeras.ps import protocol
-from distkeras.ps.protocol import HEADER, MAGIC, VERSION, MsgType
+from distkeras.ps.wire import framing, handshake
+from distkeras.ps.wire.framing import HEADER, MAGIC, VERSION
+from distkeras.ps.wire.schema import Limits, MsgType
+from distkeras.ps.wire.stream import Stream
+
+from .wire_helpers import frame_bytes
 
 SHAPES = [(4, 3), (5,)]
 
@@ -50,16 +54,16 @@ def ps():
 
 def connect(ps, authenticate=True, worker_id=0):
     """A raw Stream to `ps`, optionally past the handshake (the protocol's client half)."""
-    stream = protocol.Stream(socket.create_connection(ps.address, timeout=5))
+    stream = Stream(socket.create_connection(ps.address, timeout=5))
     if authenticate:
-        protocol.answer_handshake(stream, ps.secret, worker_id)
+        handshake.answer_handshake(stream, ps.secret, worker_id)
     else:
         assert read(stream).type is MsgType.CHALLENGE
     return stream
 
 
 def read(stream):
-    return stream.read(protocol.Limits(1 << 20, 1 << 20, 16))
+    return stream.read(Limits(1 << 20, 1 << 20, 16))
 
 
 def expect_error(stream, keyword):
@@ -68,13 +72,8 @@ def expect_error(stream, keyword):
     assert keyword in reply.meta["error"]
 
 
-def frame_bytes(stream, msg_type, meta=None, arrays=()):
-    """The bytes `stream` would send next (tagged when it is authenticated)."""
-    return b"".join(bytes(b) for b in stream.frame(msg_type, meta, arrays))
-
-
 def commit_frame(arrays, worker_id=0, clock=0):
-    buffers = protocol.encode(MsgType.COMMIT, {"worker_id": worker_id, "clock": clock}, arrays)
+    buffers = framing.encode(MsgType.COMMIT, {"worker_id": worker_id, "clock": clock}, arrays)
     return b"".join(bytes(b) for b in buffers)
 
 
@@ -344,8 +343,8 @@ def test_client_authenticates_the_server_too():
     def impostor():
         sock, _ = listener.accept()
         with sock:
-            stream = protocol.Stream(sock)
-            stream.send(MsgType.CHALLENGE, {"nonce": protocol.new_nonce(), "sealed": False})
+            stream = Stream(sock)
+            stream.send(MsgType.CHALLENGE, {"nonce": handshake.new_nonce(), "sealed": False})
             read(stream)
             welcome = {"digest": "00" * 32, "clock": 0, "center": [], "round_mode": False}
             stream.send(MsgType.WELCOME, welcome)

@@ -11,8 +11,8 @@ import pytest
 from distkeras.errors import DistKerasError
 from distkeras.executor.hosted import MAX_BATCH, ReportRelay
 from distkeras.ps import Client, ParameterServer
-from distkeras.ps.protocol import OBSERVER_ID
 from distkeras.ps.remote import RemoteServer
+from distkeras.ps.wire.schema import OBSERVER_ID
 from distkeras.spark import placement
 
 SECRET = b"s" * 32

@@ -17,8 +17,11 @@ import pytest
 
 from distkeras.errors import DistKerasError
 from distkeras.parameter_server import Client, ParameterServer
-from distkeras.ps import protocol
-from distkeras.ps.protocol import HEADER_SIZE, TAG_SIZE, MsgType
+from distkeras.ps.wire import framing
+from distkeras.ps.wire.framing import HEADER_SIZE
+from distkeras.ps.wire.protection import TAG_SIZE
+from distkeras.ps.wire.schema import CLIENT_HANDSHAKE_LIMITS, MsgType
+from distkeras.ps.wire.stream import Stream
 
 SHAPES = [(4, 3), (5,)]
 DEADLINE = 10.0  # seconds any relay or test loop may run
@@ -40,7 +43,7 @@ def response_size() -> int:
 
 def commit_size(arrays, clock=0) -> tuple[int, int]:
     """(bytes before the payload, total bytes) of a tagged COMMIT frame of `arrays`."""
-    buffers = protocol.encode(MsgType.COMMIT, {"worker_id": 0, "clock": clock}, arrays)
+    buffers = framing.encode(MsgType.COMMIT, {"worker_id": 0, "clock": clock}, arrays)
     total = sum(memoryview(b).nbytes for b in buffers) + TAG_SIZE
     return len(buffers[0]), total
 
@@ -161,11 +164,11 @@ def test_byte_flipping_relay_changes_nothing(where):
     assert ps.stats()["rejected"] == 1
 
 
-@pytest.mark.parametrize("flags", [0, protocol.FLAG_TAGGED, protocol.FLAG_SEALED])
+@pytest.mark.parametrize("flags", [0, framing.FLAG_TAGGED, framing.FLAG_SEALED])
 def test_injecting_relay_changes_nothing(flags):
     """After the honest handshake, the relay slips in its own COMMIT of huge values (plain,
     with a made-up tag, or as made-up sealed records on an encrypting server)."""
-    head, *payload = protocol.encode(
+    head, *payload = framing.encode(
         MsgType.COMMIT,
         {"worker_id": 0, "clock": 0},
         [np.full(s, 1e6, np.float32) for s in SHAPES],
@@ -175,11 +178,11 @@ def test_injecting_relay_changes_nothing(flags):
     payload = b"".join(bytes(b) for b in payload)
     injected = {
         0: bytes(head) + payload,
-        protocol.FLAG_TAGGED: bytes(head) + payload + tag,
-        protocol.FLAG_SEALED: bytes(head) + tag + payload + tag,
+        framing.FLAG_TAGGED: bytes(head) + payload + tag,
+        framing.FLAG_SEALED: bytes(head) + tag + payload + tag,
     }[flags]
     tamper = at(response_size(), lambda chunk, i: chunk[:i] + injected + chunk[i:])
-    ps, error = attack(tamper, encryption=flags == protocol.FLAG_SEALED)
+    ps, error = attack(tamper, encryption=flags == framing.FLAG_SEALED)
     assert error is not None
     assert_untouched(ps)
 
@@ -216,10 +219,10 @@ def test_recorded_session_replayed_verbatim_changes_nothing():
         relay.close()
         assert ps.num_updates == 1
         with socket.create_connection(ps.address, timeout=5) as sock:
-            stream = protocol.Stream(sock)
-            assert stream.read(protocol.CLIENT_HANDSHAKE_LIMITS).type is MsgType.CHALLENGE
+            stream = Stream(sock)
+            assert stream.read(CLIENT_HANDSHAKE_LIMITS).type is MsgType.CHALLENGE
             sock.sendall(bytes(relay.recorded))
-            reply = stream.read(protocol.CLIENT_HANDSHAKE_LIMITS)
+            reply = stream.read(CLIENT_HANDSHAKE_LIMITS)
             assert reply.type is MsgType.ERROR and "wrong secret" in reply.meta["error"]
         deadline = time.monotonic() + DEADLINE
         while ps.stats()["rejected"] < 1 and time.monotonic() < deadline:

@@ -16,7 +16,7 @@ import numpy as np
 from distkeras import data, validation
 from distkeras.inputs.arrays import ArrayData
 from distkeras.inputs.shards import Shards
-from distkeras.ps.protocol import ALLOWED_DTYPES
+from distkeras.ps.wire.schema import ALLOWED_DTYPES
 
 FEATURE, LABEL, WEIGHT = "__distkeras_x{}", "__distkeras_y{}", "__distkeras_weight"
 

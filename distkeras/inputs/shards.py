@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distkeras.ps.protocol import ALIGNMENT
+from distkeras.ps.wire.schema import ALIGNMENT
 
 
 def _wire_dtype(array: np.ndarray) -> np.dtype:

@@ -1,7 +1,7 @@
 """Client: one worker's connection to the parameter server (pull, commit, report, leave),
 or the observer's (pull, watch) when the driver follows a server it does not host.
 
-The handshake and framing are `distkeras.ps.protocol`'s; what the server does with a commit
+The handshake and framing are `distkeras.ps.wire`'s; what the server does with a commit
 is `distkeras.ps.center`'s. Nothing here knows about Spark or about models.
 """
 
@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from distkeras.errors import DistKerasError, ProtocolError
-from distkeras.ps import protocol
-from distkeras.ps.protocol import Address, Limits, Message, MsgType, PeerClosed, Stream
+from distkeras.ps.wire import handshake, schema
+from distkeras.ps.wire.framing import PeerClosed
+from distkeras.ps.wire.schema import Address, Limits, Message, MsgType
+from distkeras.ps.wire.stream import Stream, check_reply, configure
 
 SHARD_CHUNK_BYTES = 32 << 20  # the payload of one SHARD reply, at most
 MAX_SHARD_COLUMNS = 256
@@ -55,8 +57,8 @@ class Client:
         connect_timeout: float = 30.0,
         require_encryption: bool = False,
     ) -> None:
-        protocol.check_secret(secret)
-        if type(worker_id) is not int or not 0 <= worker_id <= protocol.MAX_WORKER_ID:
+        handshake.check_secret(secret)
+        if type(worker_id) is not int or not 0 <= worker_id <= schema.MAX_WORKER_ID:
             raise ValueError(
                 f"Expected `worker_id` to be a non-negative int. Received: worker_id={worker_id!r}"
             )
@@ -73,7 +75,7 @@ class Client:
         self._secret = secret
         self._timeout = float(timeout)
         self._lock = threading.Lock()
-        self._limits = protocol.CLIENT_HANDSHAKE_LIMITS
+        self._limits = schema.CLIENT_HANDSHAKE_LIMITS
         self._commit_timeout = self._timeout
         self._require_encryption = bool(require_encryption)
         self._stream: Stream | None = self._connect(float(connect_timeout))
@@ -101,10 +103,10 @@ class Client:
                 time.sleep(min(delay, remaining))
                 delay = min(2 * delay, 2.0)
         try:
-            protocol.configure(sock)
+            configure(sock)
             sock.settimeout(self._timeout)
             stream = Stream(sock)
-            welcome = protocol.answer_handshake(
+            welcome = handshake.answer_handshake(
                 stream, self._secret, self.worker_id, self._require_encryption
             )
             self._welcome(welcome)
@@ -140,9 +142,7 @@ class Client:
             try:
                 stream.sock.settimeout(timeout or self._timeout)
                 stream.send(msg_type, meta, arrays)
-                reply = protocol.check_reply(
-                    stream.read(limits or self._limits), reply_type, msg_type.name
-                )
+                reply = check_reply(stream.read(limits or self._limits), reply_type, msg_type.name)
             except PeerClosed:
                 self._abort()
                 raise ConnectionError("the parameter server closed the connection") from None
@@ -167,7 +167,7 @@ class Client:
             self._stream = None
 
     def _wire(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [protocol.wire_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+        return [schema.wire_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
 
     def pull(self) -> list[np.ndarray]:
         """Returns a snapshot of the center; records its clock in `self.clock` and the epochs

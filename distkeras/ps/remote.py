@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from distkeras.errors import DistKerasError
-from distkeras.ps.protocol import OBSERVER_ID
+from distkeras.ps.wire.schema import OBSERVER_ID
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """ParameterServer: the listener, one thread per connection, and each connection's session.
 
 Sockets, threads, handshakes and the dispatch of requests live here; what a commit does to
-the weights lives in `distkeras.ps.center`, the bytes on the wire in `distkeras.ps.protocol`.
+the weights lives in `distkeras.ps.center`, the bytes on the wire in `distkeras.ps.wire`.
 No model math, nothing about Spark.
 """
 
@@ -22,17 +22,11 @@ import numpy as np
 
 from distkeras.errors import AuthenticationError, ProtocolError
 from distkeras.net import WILDCARD_HOSTS, is_loopback, route_address
-from distkeras.ps import protocol
 from distkeras.ps.center import AsyncCenter, Center, Refused, RoundCenter, RoundRule, ServerRule
-from distkeras.ps.protocol import (
-    Address,
-    Limits,
-    Message,
-    MessageRejected,
-    MsgType,
-    PeerClosed,
-    Stream,
-)
+from distkeras.ps.wire import handshake, schema
+from distkeras.ps.wire.framing import MessageRejected, PeerClosed
+from distkeras.ps.wire.schema import Address, Limits, Message, MsgType
+from distkeras.ps.wire.stream import Stream, configure
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +107,7 @@ class ParameterServer:
             `host` is a loopback address. False: off, also beyond loopback (the weights then
             travel in clear; frames stay authenticated).
         on_report: Called from a server thread (serialized) with each progress report dict.
-        on_watch: Answers an observer's WATCH (see `protocol.OBSERVER_ID`): called with its
+        on_watch: Answers an observer's WATCH (see `schema.OBSERVER_ID`): called with its
             metadata, returns the REPORTS metadata and arrays. None: observers are refused.
         shards: `shards(worker_id, chunk, max_bytes) -> (arrays, last)`: the rows a worker
             receives over its connection (SHARD_REQUEST), chunk by chunk; None: no data.
@@ -160,7 +154,7 @@ class ParameterServer:
                 f"Received: weights of type {type(weights).__name__}"
             )
         if secret is not None:
-            protocol.check_secret(secret)
+            handshake.check_secret(secret)
         if type(port) is not int or not 0 <= port <= 65535:
             raise ValueError(f"Expected `port` to be an int in [0, 65535]. Received: port={port!r}")
         if round_rule is not None and (type(num_workers) is not int or num_workers < 1):
@@ -183,10 +177,10 @@ class ParameterServer:
                     f"Expected `{name}` to be a positive int. Received: {name}={value!r}"
                 )
         arrays = [
-            np.array(protocol.wire_array(w, f"weights[{i}]"), copy=True)
+            np.array(schema.wire_array(w, f"weights[{i}]"), copy=True)
             for i, w in enumerate(weights)
         ]
-        self._specs = protocol.array_specs(arrays)
+        self._specs = schema.array_specs(arrays)
         self._shapes = [(a.shape, a.dtype) for a in arrays]
         n = len(arrays)
         budget = Limits.for_specs([(a.dtype.str, a.shape) for a in arrays], itemsize=8)
@@ -482,7 +476,7 @@ class ParameterServer:
             self._connections.add(conn)
             self._threads.append(conn.thread)
         try:
-            protocol.configure(sock)
+            configure(sock)
             sock.settimeout(self._handshake_timeout)
             conn.thread.start()
         except (RuntimeError, OSError) as exc:  # e.g. "can't start new thread"
@@ -496,7 +490,7 @@ class ParameterServer:
         """Runs one connection: handshake, then request/reply until goodbye or error."""
         try:
             conn.stream.deadline = conn.accepted + self._handshake_timeout
-            conn.worker_id = protocol.serve_handshake(
+            conn.worker_id = handshake.serve_handshake(
                 conn.stream, self._secret, functools.partial(self._admit, conn), self._encrypted
             )
             with self._state_lock:
@@ -525,7 +519,7 @@ class ParameterServer:
 
     def _admit(self, conn: _Connection, worker_id: int) -> dict[str, Any]:
         """WELCOME fields for an authenticated worker, or a refusal naming the reason."""
-        if worker_id == protocol.OBSERVER_ID:
+        if worker_id == schema.OBSERVER_ID:
             if self._on_watch is None:
                 raise ProtocolError("this parameter server takes no observer")
             status = self._center.status()
@@ -587,11 +581,11 @@ class ParameterServer:
         """Checks a frame's metadata before its payload is read (a refusal drains the payload)."""
         if msg_type not in self._handlers and msg_type is not MsgType.GOODBYE:
             raise ProtocolError(f"{msg_type.name} is not a request a client may send")
-        observer = conn.worker_id == protocol.OBSERVER_ID
+        observer = conn.worker_id == schema.OBSERVER_ID
         if observer != (msg_type is MsgType.WATCH) and msg_type not in _ANYONE:
             raise ProtocolError(f"{msg_type.name} is not a request this client may send")
         if msg_type is MsgType.REPORT:
-            protocol.check_report(meta["fields"])
+            schema.check_report(meta["fields"])
         if msg_type not in (MsgType.COMMIT, MsgType.COMMIT_PULL):
             return
         if meta["worker_id"] != conn.worker_id:
@@ -648,7 +642,7 @@ class ParameterServer:
             arrays, last = self._shards(conn.worker_id, msg.meta["chunk"], msg.meta["max_bytes"])
         except ValueError as exc:
             raise Refused(str(exc)) from None
-        wire = [protocol.wire_array(a, f"shard[{i}]") for i, a in enumerate(arrays)]
+        wire = [schema.wire_array(a, f"shard[{i}]") for i, a in enumerate(arrays)]
         return MsgType.SHARD, {"last": bool(last)}, wire
 
 

@@ -1,4 +1,4 @@
-"""Tests of distkeras.ps.protocol: framing, metadata validation, handshake digests, fuzzing."""
+"""Tests of distkeras.ps.wire: framing, metadata validation, handshake digests, tags, fuzzing."""
 
 import io
 import json
@@ -11,8 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distkeras.errors import AuthenticationError, ProtocolError
-from distkeras.ps import protocol
-from distkeras.ps.protocol import HEADER, MAGIC, TAG_SIZE, VERSION, Limits, MsgType
+from distkeras.ps.wire import framing, handshake, schema
+from distkeras.ps.wire.framing import HEADER, MAGIC, VERSION
+from distkeras.ps.wire.protection import PLAIN, TAG_SIZE, Tagged
+from distkeras.ps.wire.schema import Limits, MsgType
+from distkeras.ps.wire.stream import Stream
+
+from .wire_helpers import parse_frame
 
 ARRAYS = [
     np.arange(12, dtype=np.float32).reshape(3, 4),
@@ -26,7 +31,7 @@ LIMITS = Limits.for_specs([(a.dtype.str, a.shape) for a in ARRAYS])
 
 def frame(msg_type=MsgType.COMMIT, meta=None, arrays=ARRAYS) -> bytes:
     meta = {"worker_id": 1, "clock": 0} if meta is None else meta
-    return b"".join(bytes(b) for b in protocol.encode(msg_type, meta, arrays))
+    return b"".join(bytes(b) for b in framing.encode(msg_type, meta, arrays))
 
 
 def raw_frame(meta: bytes, payload: bytes = b"", msg_type=MsgType.PULL, **fields) -> bytes:
@@ -37,7 +42,7 @@ def raw_frame(meta: bytes, payload: bytes = b"", msg_type=MsgType.PULL, **fields
 
 
 def test_round_trip_keeps_dtypes_shapes_and_values():
-    message = protocol.parse_frame(frame(), LIMITS)
+    message = parse_frame(frame(), LIMITS)
     assert message.type is MsgType.COMMIT
     assert message.meta["worker_id"] == 1
     for got, want in zip(message.arrays, ARRAYS):
@@ -49,21 +54,21 @@ def test_payload_arrays_are_aligned():
     data = frame()
     meta_len = HEADER.unpack(data[: HEADER.size])[4]
     payload = np.frombuffer(data, np.uint8, offset=HEADER.size + meta_len)
-    message = protocol.parse_frame(data, LIMITS)
-    assert len(payload) % protocol.ALIGNMENT == 0
+    message = parse_frame(data, LIMITS)
+    assert len(payload) % schema.ALIGNMENT == 0
     base = message.arrays[0].ctypes.data
-    assert all((a.ctypes.data - base) % protocol.ALIGNMENT == 0 for a in message.arrays)
+    assert all((a.ctypes.data - base) % schema.ALIGNMENT == 0 for a in message.arrays)
 
 
 def test_wire_array_rejects_object_dtype_and_converts_big_endian():
     with pytest.raises(TypeError, match="dtype"):
-        protocol.wire_array(np.array([object()]), "arrays[0]")
+        schema.wire_array(np.array([object()]), "arrays[0]")
     with pytest.raises(TypeError, match="dtype"):
-        protocol.wire_array(np.array(["text"]))
-    big = protocol.wire_array(np.arange(3, dtype=">f4"))
+        schema.wire_array(np.array(["text"]))
+    big = schema.wire_array(np.arange(3, dtype=">f4"))
     assert big.dtype.str == "<f4"
     np.testing.assert_array_equal(big, [0, 1, 2])
-    assert protocol.wire_array(np.float32(1)).shape == ()
+    assert schema.wire_array(np.float32(1)).shape == ()
 
 
 @pytest.mark.parametrize(
@@ -115,13 +120,13 @@ def test_wire_array_rejects_object_dtype_and_converts_big_endian():
 )
 def test_malformed_frames_raise_protocol_error_naming_the_problem(data, keyword):
     with pytest.raises(ProtocolError, match=keyword):
-        protocol.parse_frame(data, LIMITS)
+        parse_frame(data, LIMITS)
 
 
 def test_too_many_arrays_is_refused():
     limits = Limits(max_metadata=4096, max_payload=4096, max_arrays=1)
     with pytest.raises(ProtocolError, match="limit of 1"):
-        protocol.parse_frame(frame(arrays=ARRAYS[:3]), limits)
+        parse_frame(frame(arrays=ARRAYS[:3]), limits)
 
 
 def test_validator_refusal_consumes_the_payload():
@@ -132,9 +137,9 @@ def test_validator_refusal_consumes_the_payload():
         if msg_type is MsgType.COMMIT:
             raise ProtocolError("not today")
 
-    with pytest.raises(protocol.MessageRejected, match="not today"):
-        protocol.read_frame(stream.readinto, LIMITS, refuse)
-    message, _ = protocol.read_frame(stream.readinto, LIMITS, refuse)
+    with pytest.raises(framing.MessageRejected, match="not today"):
+        framing.read_frame(stream.readinto, LIMITS, PLAIN, refuse)
+    message, _ = framing.read_frame(stream.readinto, LIMITS, PLAIN, refuse)
     assert message.type is MsgType.PULL  # still in sync with the stream
 
 
@@ -188,13 +193,13 @@ def test_fuzz_metadata_json(meta, msg_type, payload):
 
 def _parse_or_protocol_error(data: bytes) -> None:
     try:
-        message = protocol.parse_frame(data, LIMITS)
+        message = parse_frame(data, LIMITS)
     except ProtocolError:
         return
     assert isinstance(message.type, MsgType)
     assert isinstance(message.meta, dict)
     for array in message.arrays:
-        assert array.dtype.str in protocol.ALLOWED_DTYPES
+        assert array.dtype.str in schema.ALLOWED_DTYPES
 
 
 def test_send_buffers_handles_partial_sends_and_many_buffers():
@@ -205,9 +210,9 @@ def test_send_buffers_handles_partial_sends_and_many_buffers():
     with a, b:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         meta = {"clock": 1, "stop": False}
-        sender = threading.Thread(target=protocol.send, args=(a, MsgType.WEIGHTS, meta, arrays))
+        sender = threading.Thread(target=PLAIN.send, args=(a, MsgType.WEIGHTS, meta, arrays))
         sender.start()
-        message, nbytes = protocol.read_frame(b.recv_into, limits)
+        message, nbytes = framing.read_frame(b.recv_into, limits, PLAIN)
         sender.join()
     assert nbytes > 12_000_000
     for got, want in zip(message.arrays, arrays, strict=True):
@@ -220,26 +225,26 @@ def test_peer_closing_mid_frame_raises_instead_of_spinning():
         a.sendall(frame()[:50])
         a.close()
         with pytest.raises(ProtocolError, match="mid-frame"):
-            protocol.read_frame(b.recv_into, LIMITS)
+            framing.read_frame(b.recv_into, LIMITS, PLAIN)
 
 
 def test_peer_closing_between_frames_is_peer_closed():
     a, b = socket.socketpair()
     with b:
         a.close()
-        with pytest.raises(protocol.PeerClosed):
-            protocol.read_frame(b.recv_into, LIMITS)
+        with pytest.raises(framing.PeerClosed):
+            framing.read_frame(b.recv_into, LIMITS, PLAIN)
 
 
 def test_digests_are_role_bound_and_compared():
     secret = b"k" * 32
-    ns, nc = protocol.new_nonce(), protocol.new_nonce()
-    expected = protocol.client_digest(secret, ns, nc, 0)
-    assert expected != protocol.server_digest(secret, nc, ns)
-    assert expected != protocol.client_digest(secret, ns, nc, 1)  # the worker id is bound
-    protocol.verify_digest(expected, protocol.client_digest(secret, ns, nc, 0), "client")
+    ns, nc = handshake.new_nonce(), handshake.new_nonce()
+    expected = handshake.client_digest(secret, ns, nc, 0)
+    assert expected != handshake.server_digest(secret, nc, ns)
+    assert expected != handshake.client_digest(secret, ns, nc, 1)  # the worker id is bound
+    handshake.verify_digest(expected, handshake.client_digest(secret, ns, nc, 0), "client")
     with pytest.raises(AuthenticationError, match="client"):
-        protocol.verify_digest(expected, protocol.client_digest(b"x" * 32, ns, nc, 0), "client")
+        handshake.verify_digest(expected, handshake.client_digest(b"x" * 32, ns, nc, 0), "client")
 
 
 def session_pair():
@@ -247,12 +252,12 @@ def session_pair():
     a, b = socket.socketpair()
     a.settimeout(10)  # every read and write of these tests is bounded
     b.settimeout(10)
-    ns, nc = protocol.new_nonce(), protocol.new_nonce()
-    to_server, to_client = protocol.session_macs(b"k" * 32, ns, nc, 0)
-    client, server = protocol.Stream(a), protocol.Stream(b)
-    client.authenticate(send_mac=to_server, recv_mac=to_client)
-    to_server, to_client = protocol.session_macs(b"k" * 32, ns, nc, 0)
-    server.authenticate(send_mac=to_client, recv_mac=to_server)
+    ns, nc = handshake.new_nonce(), handshake.new_nonce()
+    to_server, to_client = handshake.session_macs(b"k" * 32, ns, nc, 0)
+    client, server = Stream(a), Stream(b)
+    client.protect(Tagged(send=to_server, recv=to_client))
+    to_server, to_client = handshake.session_macs(b"k" * 32, ns, nc, 0)
+    server.protect(Tagged(send=to_client, recv=to_server))
     return client, server
 
 
@@ -282,14 +287,14 @@ def test_any_flipped_byte_fails_the_tag(where):
             relay.sendall(data)
             relay.shutdown(socket.SHUT_WR)
             with pytest.raises(ProtocolError):  # the tag, or the header check before it
-                protocol.read_frame(reader.recv_into, LIMITS, mac=server._recv_mac)
+                framing.read_frame(reader.recv_into, LIMITS, server.protection)
 
 
 def test_reordered_replayed_and_untagged_frames_fail():
     a, b = socket.socketpair()
-    ns, nc = protocol.new_nonce(), protocol.new_nonce()
-    sender = protocol.Stream(a)
-    sender.authenticate(*protocol.session_macs(b"k" * 32, ns, nc, 0))
+    ns, nc = handshake.new_nonce(), handshake.new_nonce()
+    sender = Stream(a)
+    sender.protect(Tagged(*handshake.session_macs(b"k" * 32, ns, nc, 0)))
     with a, b:
         for clock in range(2):
             sender.send(MsgType.COMMIT, {"worker_id": 1, "clock": clock}, ARRAYS)
@@ -301,11 +306,11 @@ def test_reordered_replayed_and_untagged_frames_fail():
     first, second = data[:size], data[size:]
 
     def read_all(stream_bytes):
-        to_server, _ = protocol.session_macs(b"k" * 32, ns, nc, 0)
+        to_server, to_client = handshake.session_macs(b"k" * 32, ns, nc, 0)
         stream = io.BytesIO(stream_bytes)
+        receiver = Tagged(send=to_client, recv=to_server)
         return [
-            protocol.read_frame(stream.readinto, LIMITS, mac=to_server)[0].meta["clock"]
-            for _ in range(2)
+            framing.read_frame(stream.readinto, LIMITS, receiver)[0].meta["clock"] for _ in range(2)
         ]
 
     assert read_all(first + second) == [0, 1]
@@ -313,10 +318,11 @@ def test_reordered_replayed_and_untagged_frames_fail():
         with pytest.raises(AuthenticationError, match="failed authentication"):
             read_all(tampered)
     with pytest.raises(AuthenticationError, match="untagged COMMIT"):
-        to_server, _ = protocol.session_macs(b"k" * 32, ns, nc, 0)
-        protocol.read_frame(io.BytesIO(frame()).readinto, LIMITS, mac=to_server)
+        to_server, to_client = handshake.session_macs(b"k" * 32, ns, nc, 0)
+        receiver = Tagged(send=to_client, recv=to_server)
+        framing.read_frame(io.BytesIO(frame()).readinto, LIMITS, receiver)
     with pytest.raises(ProtocolError, match="flags"):  # a tagged frame outside a session
-        protocol.parse_frame(first, LIMITS)
+        parse_frame(first, LIMITS)
 
 
 def test_large_tagged_frame_is_tagged_while_sent_and_checked():
@@ -343,8 +349,8 @@ def test_large_tagged_frame_is_tagged_while_sent_and_checked():
             pump.start()
             if flip:
                 with pytest.raises(AuthenticationError, match="failed authentication"):
-                    protocol.read_frame(reader.recv_into, limits, mac=server._recv_mac)
+                    framing.read_frame(reader.recv_into, limits, server.protection)
             else:
-                message, _ = protocol.read_frame(reader.recv_into, limits, mac=server._recv_mac)
+                message, _ = framing.read_frame(reader.recv_into, limits, server.protection)
                 np.testing.assert_array_equal(message.arrays[0], big[0])
             pump.join(10)

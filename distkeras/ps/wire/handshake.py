@@ -1,0 +1,264 @@
+"""The handshake: a mutual HMAC-SHA256 challenge that also derives the session's keys.
+
+Digests: each side proves it holds the run's secret, bound to both nonces (and the worker
+id), under distinct labels so that no answer can be reflected. Keys: tags from the secret
+and the nonces; seals from an X25519 agreement whose public shares are the nonces (KeyShare),
+salted with the secret's key, as TLS 1.3's `psk_dhe_ke`. serve_handshake / answer_handshake:
+both halves, side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from distkeras.errors import AuthenticationError, ProtocolError
+from distkeras.ps.wire.framing import read_frame
+from distkeras.ps.wire.protection import (
+    KEY_SIZE,
+    AllowPlainRefusal,
+    FrameMac,
+    FrameSeal,
+    Protection,
+    Sealed,
+    Tagged,
+)
+from distkeras.ps.wire.schema import (
+    CLIENT_HANDSHAKE_LIMITS,
+    HANDSHAKE_LIMITS,
+    NONCE_SIZE,
+    Message,
+    MsgType,
+)
+from distkeras.ps.wire.stream import Stream, check_reply
+
+MIN_SECRET = 16  # bytes
+
+_CLIENT_LABEL = b"distkeras-client|"
+_SERVER_LABEL = b"distkeras-server|"
+_SESSION_LABEL = b"distkeras-session|"
+
+Admit = Callable[[int], dict[str, Any]]
+
+
+def check_secret(secret: Any) -> None:
+    """Checks a shared secret without ever echoing it.
+
+    Raises:
+        TypeError: Not bytes.
+        ValueError: Shorter than `MIN_SECRET` bytes.
+    """
+    if not isinstance(secret, bytes):
+        raise TypeError(f"Expected `secret` to be bytes. Received: a {type(secret).__name__}")
+    if len(secret) < MIN_SECRET:
+        raise ValueError(
+            f"Expected `secret` of at least {MIN_SECRET} bytes (os.urandom(32) is a good one). "
+            f"Received: {len(secret)} bytes"
+        )
+
+
+def new_nonce() -> str:
+    """Returns a fresh random challenge, hex-encoded."""
+    return os.urandom(NONCE_SIZE).hex()
+
+
+class KeyShare:
+    """A fresh ephemeral X25519 key pair; `nonce` is its public key, hex-encoded."""
+
+    def __init__(self) -> None:
+        self._private = X25519PrivateKey.generate()
+        self.nonce = self._private.public_key().public_bytes_raw().hex()
+
+    def shared_secret(self, peer_nonce: str) -> bytes:
+        """The X25519 shared secret with the peer whose nonce (public key) is `peer_nonce`.
+
+        Raises:
+            ProtocolError: The peer's share is not a usable public key.
+        """
+        try:
+            return self._private.exchange(
+                X25519PublicKey.from_public_bytes(bytes.fromhex(peer_nonce))
+            )
+        except ValueError as exc:  # e.g. a low-order point: the exchange would be all zeros
+            raise ProtocolError(f"the peer's key share is not usable: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"KeyShare(nonce={self.nonce[:16]}...)"
+
+
+# ----------------------------------------------------------------------------- digests, keys
+
+
+def client_digest(secret: bytes, server_nonce: str, client_nonce: str, worker_id: int) -> str:
+    """The client's answer to the server's challenge, binding its own nonce and worker id."""
+    message = _CLIENT_LABEL + bytes.fromhex(server_nonce) + bytes.fromhex(client_nonce)
+    message += worker_id.to_bytes(4, "big")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def server_digest(secret: bytes, client_nonce: str, server_nonce: str) -> str:
+    """The server's answer to the client's challenge (a distinct label: no reflection)."""
+    message = _SERVER_LABEL + bytes.fromhex(client_nonce) + bytes.fromhex(server_nonce)
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def verify_digest(expected: str, received: str, who: str) -> None:
+    """Compares digests in constant time.
+
+    Raises:
+        AuthenticationError: If they differ.
+    """
+    if not hmac.compare_digest(expected.encode(), received.encode()):
+        raise AuthenticationError(f"{who} failed the HMAC challenge: wrong secret")
+
+
+def session_key(secret: bytes, server_nonce: str, client_nonce: str, worker_id: int) -> bytes:
+    """The session's base key: from the secret, both nonces and the worker id, so that no
+    frame of one connection is valid on another."""
+    message = _SESSION_LABEL + bytes.fromhex(server_nonce) + bytes.fromhex(client_nonce)
+    return hmac.new(secret, message + worker_id.to_bytes(4, "big"), hashlib.sha256).digest()
+
+
+def session_macs(
+    secret: bytes, server_nonce: str, client_nonce: str, worker_id: int
+) -> tuple[FrameMac, FrameMac]:
+    """The session's (client-to-server, server-to-client) frame authenticators.
+
+    Both keys derive from `session_key`, one per direction, so that a direction's frames are
+    not valid in the other direction.
+    """
+    base = session_key(secret, server_nonce, client_nonce, worker_id)
+    to_server = hmac.new(base, b"client->server", hashlib.sha256).digest()
+    to_client = hmac.new(base, b"server->client", hashlib.sha256).digest()
+    return FrameMac(to_server), FrameMac(to_client)
+
+
+def session_seals(salt: bytes, shared_secret: bytes) -> tuple[FrameSeal, FrameSeal]:
+    """The session's (client-to-server, server-to-client) seals.
+
+    Args:
+        salt: A key only holders of the run's secret can derive, bound to both nonces and
+            the worker id (`session_key`).
+        shared_secret: The X25519 shared secret of the two key shares.
+    """
+
+    def derive(direction: bytes) -> FrameSeal:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=direction)
+        return FrameSeal(hkdf.derive(shared_secret))
+
+    return derive(b"distkeras sealed client->server"), derive(b"distkeras sealed server->client")
+
+
+def session_protection(
+    secret: bytes,
+    nonces: tuple[str, str],
+    worker_id: int,
+    share: KeyShare | None,
+    server: bool,
+) -> Protection:
+    """One side's protection of the session: tags, or with a key share, seals.
+
+    Args:
+        secret: The run's shared secret.
+        nonces: (server nonce, client nonce).
+        worker_id: The worker id the client answered with.
+        share: This side's key share in an encrypted session, else None.
+        server: Whether this side is the server (it sends server-to-client).
+    """
+    server_nonce, client_nonce = nonces
+    if share is None:
+        to_server, to_client = session_macs(secret, server_nonce, client_nonce, worker_id)
+        return Tagged(to_client, to_server) if server else Tagged(to_server, to_client)
+    peer_nonce = client_nonce if server else server_nonce
+    salt = session_key(secret, server_nonce, client_nonce, worker_id)
+    to_server, to_client = session_seals(salt, share.shared_secret(peer_nonce))
+    return Sealed(to_client, to_server) if server else Sealed(to_server, to_client)
+
+
+# ----------------------------------------------------------------------------- both halves
+
+
+def serve_handshake(stream: Stream, secret: bytes, admit: Admit, encrypt: bool = False) -> int:
+    """The server's half: challenge, check the answer, admit the worker, prove itself.
+
+    Args:
+        stream: The new connection.
+        secret: The shared HMAC key.
+        admit: Called with the authenticated worker id; returns the WELCOME fields (clock,
+            center layout, ...) or raises `ProtocolError` to refuse the worker.
+        encrypt: Seal the session: each side's nonce is then its ephemeral X25519 public
+            key, so that the digests authenticate the key agreement.
+
+    Returns:
+        The authenticated worker id.
+
+    Raises:
+        AuthenticationError: Wrong secret.
+        ProtocolError: Anything else unexpected.
+    """
+    share = KeyShare() if encrypt else None
+    nonce = share.nonce if share else new_nonce()
+    stream.send(MsgType.CHALLENGE, {"nonce": nonce, "sealed": encrypt})
+    msg = stream.read(HANDSHAKE_LIMITS)
+    if msg.type is not MsgType.RESPONSE:
+        raise ProtocolError(f"expected RESPONSE during the handshake, got {msg.type.name}")
+    worker_id, client_nonce = msg.meta["worker_id"], msg.meta["nonce"]
+    expected = client_digest(secret, nonce, client_nonce, worker_id)
+    verify_digest(expected, msg.meta["digest"], "client")
+    stream.protect(session_protection(secret, (nonce, client_nonce), worker_id, share, True))
+    welcome = admit(worker_id)
+    stream.send(MsgType.WELCOME, {**welcome, "digest": server_digest(secret, client_nonce, nonce)})
+    return worker_id
+
+
+def answer_handshake(
+    stream: Stream, secret: bytes, worker_id: int, require_encryption: bool = False
+) -> Message:
+    """The client's half: answer the challenge, challenge back, check the server's proof.
+    The session is encrypted when the server's challenge says so.
+
+    Args:
+        require_encryption: Refuse a server that does not encrypt.
+
+    Returns:
+        The server's WELCOME.
+
+    Raises:
+        AuthenticationError: Either side failed the challenge.
+        DistKerasError: The server refused this worker.
+        ProtocolError: Anything else unexpected.
+    """
+    challenge = check_reply(
+        stream.read(CLIENT_HANDSHAKE_LIMITS), MsgType.CHALLENGE, "the handshake"
+    )
+    server_nonce, sealed = challenge.meta["nonce"], challenge.meta["sealed"]
+    if require_encryption and not sealed:
+        raise AuthenticationError(
+            "the parameter server does not encrypt, but this client requires encryption"
+        )
+    share = KeyShare() if sealed else None
+    nonce = share.nonce if share else new_nonce()
+    response = {
+        "digest": client_digest(secret, server_nonce, nonce, worker_id),
+        "nonce": nonce,
+        "worker_id": worker_id,
+    }
+    stream.send(MsgType.RESPONSE, response)
+    stream.protect(session_protection(secret, (server_nonce, nonce), worker_id, share, False))
+    # A server refusing our answer says so before the session has keys: in a plain ERROR.
+    protection = AllowPlainRefusal(stream.protection)
+    try:
+        reply, _ = read_frame(stream.recv_into, CLIENT_HANDSHAKE_LIMITS, protection)
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"parameter server failed the handshake: {exc}") from None
+    welcome = check_reply(reply, MsgType.WELCOME, "the handshake")
+    expected = server_digest(secret, nonce, server_nonce)
+    verify_digest(expected, welcome.meta["digest"], "parameter server")
+    return welcome
