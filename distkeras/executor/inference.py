@@ -79,9 +79,9 @@ def _freeze_heap() -> None:
     collector's reach.
 
     PySpark's worker runs a full `gc.collect()` after every task; with TensorFlow loaded,
-    that scan (about 417,000 objects, 0.25 s) cost 0.5 CPU-s per 100k-row transform on
-    local[2]. The
-    heap is unfrozen and collected first, so models dropped from the cache are still freed.
+    that scan of every live object cost more than the prediction of a small batch (figures:
+    docs/performance.md, "Inference"). The heap is unfrozen and collected first, so models
+    dropped from the cache are still freed.
     """
     gc.unfreeze()
     gc.collect()
