@@ -114,9 +114,8 @@ def train_partition(plan: WorkerPlan, batches):
                 summary = _train(dataclasses.replace(plan, address=address), worker_id, batches)
     except Exception as error:
         raise WorkerError(f"worker {worker_id} failed: {describe(error)}") from error
-    for (
-        _
-    ) in batches:  # Spark reuses a Python worker (and its imports) only if it read all its input
+    # Spark reuses a Python worker (and its imports) only if it read all its input.
+    for _ in batches:
         pass
     yield pa.RecordBatch.from_pylist([summary])
 

@@ -171,7 +171,7 @@ def load_checkpoint(folder: str | os.PathLike, model) -> dict:
     before = model.get_weights()
     try:
         model.load_weights(path)
-    except Exception as exc:
+    except Exception as exc:  # h5py and Keras raise many kinds for a damaged file
         model.set_weights(before)
         raise _fail(folder, f"{path.name} could not be loaded ({exc})") from exc
     return manifest
