@@ -45,8 +45,13 @@ def make_plan(
     custom_objects: dict | None = None,
 ) -> InferencePlan:
     """Captures `model` for the executors (see `InferencePlan`)."""
-    spec = ModelSpec.from_model(model) if compiled else ModelSpec.uncompiled(model)
+    spec = (
+        ModelSpec.from_model(model, custom_objects=custom_objects)
+        if compiled
+        else ModelSpec.uncompiled(model, custom_objects=custom_objects)
+    )
     digest = hashlib.sha256(f"{spec.architecture}\0{spec.compile_config}".encode())
+    digest.update(spec.objects)
     for weight in spec.weights:
         digest.update(f"{weight.dtype}{weight.shape}".encode())
         digest.update(np.ascontiguousarray(weight).data)

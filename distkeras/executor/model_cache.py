@@ -5,19 +5,23 @@ can keep the compiled model it built and the WindowRunner whose `tf.function` it
 later fit with the same architecture, compile settings (names aside) and batch size gets
 both back (`model_and_runner`) with the new weights and the optimizer's state as new (every
 optimizer variable, `iterations` included, back to its value when built): it pays neither
-the rebuild nor the tracing again. Inference keeps its models here too, keyed by their
-fingerprint (executor.inference). No sockets, no Spark.
+the rebuild nor the tracing again. The user's classes are part of the key (a redefined
+class is a new model), and so are the weights of a model whose traced steps hold constants
+derived from them (an adapted Normalization's mean). Inference keeps its models here too,
+keyed by their fingerprint (executor.inference). No sockets, no Spark.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import threading
 from collections.abc import Callable, Hashable
 
-from distkeras.model_spec import ModelSpec
+from distkeras import model_objects
+from distkeras.model_spec import ModelSpec, set_weights
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +120,8 @@ def model_and_runner(
         canonical_architecture(spec.compile_config),  # optimizers are named too
         batch_size,
         tuple(sorted(custom_objects or {})),
+        model_objects.fingerprint(spec.objects),
+        _traced_constants(spec),
     )
     built = []
 
@@ -129,8 +135,19 @@ def model_and_runner(
     if built:
         return entry.model, entry.runner
     logger.debug("reusing the built model and its traced steps")
-    entry.model.set_weights(spec.weights)
+    set_weights(entry.model, spec.weights)
     for variable, value in zip(entry.model.optimizer.variables, entry.optimizer_start):
         variable.assign(value)
     entry.model.reset_metrics()
     return entry.model, entry.runner
+
+
+def _traced_constants(spec: ModelSpec) -> str:
+    """A digest of the weights when a layer computes tensors from them that tracing
+    captures as constants (Normalization's mean and variance), else ""."""
+    if '"class_name": "Normalization"' not in spec.architecture:
+        return ""
+    digest = hashlib.sha256()
+    for weight in spec.weights:
+        digest.update(weight.tobytes())
+    return digest.hexdigest()

@@ -49,6 +49,18 @@ class TrainingColumns:
         """Each held column's values per row (1 for scalars)."""
         return {name: int(np.prod(a.shape[1:], dtype=np.int64)) for name, a in self.held.items()}
 
+    def head(self, rows: int) -> ArrayData:
+        """The first `rows` rows, on the driver (a Spark job for a DataFrame)."""
+        if self.held is not None:
+            found = {name: array[:rows] for name, array in self.held.items()}
+        else:
+            found = data.collect_arrays(self.frame.limit(rows), self.columns)
+        return ArrayData(
+            [found[c] for c in self.features],
+            [found[c] for c in self.labels],
+            found[self.sample_weight] if self.sample_weight else None,
+        )
+
     def shards(self, num_workers: int, every_row: bool = False) -> Shards:
         """The held rows as one shard per worker (all the rows each, with `every_row`)."""
         return Shards([self.held[c] for c in self.columns], num_workers, every_row)

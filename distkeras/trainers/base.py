@@ -16,7 +16,12 @@ from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
 from distkeras.inputs import arrays, labels
 from distkeras.inputs.options import FitOptions
-from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
+from distkeras.model_spec import (
+    ModelSpec,
+    build_like_fit,
+    compile_settings,
+    ensure_keras_model,
+)
 from distkeras.spark import get_spark_session, warmup
 from distkeras.spark.facts import task_cpus, task_slots
 from distkeras.trainers.checkpoint import Checkpointer, load_checkpoint
@@ -111,7 +116,7 @@ class Trainer:
         self.worker_optimizer = worker_optimizer
         self.loss = loss
         self.metrics = metrics
-        compile_settings(self.model, worker_optimizer, loss, metrics)  # fail early
+        compile_settings(self.model, worker_optimizer, loss, metrics, custom_objects)  # fail early
         self.features_col = validation.column_list("features_col", features_col)
         self.label_col = validation.column_list("label_col", label_col)
         if sample_weight_col is not None and not isinstance(sample_weight_col, str):
@@ -265,7 +270,9 @@ class Trainer:
             sample_weight,
             options=options,
             validation_data=validation_data,
-            loss=compile_settings(self.model, self.worker_optimizer, self.loss)["loss"],
+            loss=compile_settings(
+                self.model, self.worker_optimizer, self.loss, custom_objects=self.custom_objects
+            )["loss"],
             features_col=self.features_col,
             label_col=self.label_col,
             sample_weight_col=self.sample_weight_col,
@@ -308,10 +315,15 @@ class Trainer:
             )
         return task_cpus(spark)
 
-    def _driver_model(self):
+    def _driver_model(self, train: inputs.TrainingColumns, batch_size: int):
+        """The model compiled with the trainer's overrides and, if it is not yet built,
+        built from the first batch of `train` as `model.fit` builds it."""
         if self.loss is not None or self.metrics is not None or not self.model.compiled:
-            settings = compile_settings(self.model, self.worker_optimizer, self.loss, self.metrics)
+            settings = compile_settings(
+                self.model, self.worker_optimizer, self.loss, self.metrics, self.custom_objects
+            )
             self.model.compile(**settings)
+        build_like_fit(self.model, lambda: train.head(batch_size).model_inputs(self.model))
         return self.model
 
     def _partition(self, frame):
@@ -340,6 +352,7 @@ class Trainer:
                 self.worker_optimizer or algorithm.worker_optimizer(),
                 self.loss,
                 self.metrics,
+                self.custom_objects,
             ),
             num_workers=self.num_workers,
             batch_size=options.batch_size or fit_inputs.batch_size or self.batch_size,
@@ -362,12 +375,13 @@ class Trainer:
         """Trains as `keras.Model.fit` does: prepare, callbacks, the run, the end."""
         validation.check_callbacks(callbacks)
         train = fit_inputs.train
+        batch_size = options.batch_size or fit_inputs.batch_size or self.batch_size
+        model = self._driver_model(train, batch_size)
         self._check_input(train)
         spark = self._spark() if train.frame is None else train.frame.sparkSession
         threads = self._check_slots(spark)
         imports = self._imports or warmup.start_imports(spark, self.num_workers)
         self._imports = None
-        model = self._driver_model()
         plan = self._plan(fit_inputs, options, threads, class_weight)
 
         callback_list = _callback_list(callbacks, model, verbose, plan.epochs)

@@ -77,8 +77,8 @@ class EnsembleTrainer(Trainer, algorithm="ensemble"):
             raise RuntimeError("ensemble_model() is available after train() or fit()")
         return self._ensemble
 
-    def _driver_model(self):
-        model = super()._driver_model()
+    def _driver_model(self, train, batch_size: int):
+        model = super()._driver_model(train, batch_size)
         settings = compile_settings(model, self.worker_optimizer, self.loss, self.metrics)
         self.members = [_fresh_copy(model, i, settings) for i in range(self.num_ensembles)]
         self._ensemble = average_model(self.members)

@@ -18,6 +18,7 @@ from distkeras.executor.hosted import ServerPlan
 from distkeras.executor.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
 from distkeras.inputs import columns
 from distkeras.inputs.columns import TrainingColumns
+from distkeras.model_spec import set_weights
 from distkeras.ps.remote import RemoteServer
 from distkeras.ps.server import ParameterServer
 from distkeras.spark import placement, warmup
@@ -205,6 +206,6 @@ class TrainingRun:
         finally:
             self.seconds = time.monotonic() - self._started
             self.stats = {**self.server.stats(), "retries": self.monitor.retries}
-            self.monitor.model.set_weights(self.server.get_weights())
+            set_weights(self.monitor.model, self.server.get_weights())
             self.monitor.checkpoint()
             self.server.stop()
