@@ -125,11 +125,28 @@ def load_keras_model(path: str, spark, filename: str = MODEL_FILE):
 
     local, remote = _resolve(path, spark)
     if remote is None:
-        return keras.models.load_model(os.path.join(local, filename))
+        return _load(keras, os.path.join(local, filename), path)
     fs, directory = remote
     jvm = spark._jvm
     with tempfile.TemporaryDirectory() as tmp:
         target = os.path.join(tmp, filename)
         source = jvm.org.apache.hadoop.fs.Path(directory, filename)
         fs.copyToLocalFile(False, source, jvm.org.apache.hadoop.fs.Path(target), True)
-        return keras.models.load_model(target)
+        return _load(keras, target, path)
+
+
+def _load(keras, file: str, path: str):
+    """`keras.models.load_model(file)`; a custom object it cannot find is named, with the
+    two ways to provide it (the registry, or a `custom_object_scope` around the load)."""
+    try:
+        return keras.models.load_model(file)
+    except (TypeError, ValueError) as error:
+        if "Could not locate" not in str(error):
+            raise
+        raise TypeError(
+            f"Loading the Keras model saved in {path} failed: {str(error).splitlines()[0]} "
+            "Define the missing object in this process and register it "
+            "(@keras.saving.register_keras_serializable()), or load inside "
+            "`with keras.saving.custom_object_scope({'Name': Name}):`, as "
+            "keras.models.load_model(custom_objects=...) takes it."
+        ) from error
