@@ -171,7 +171,7 @@ def test_unbuilt_models_are_built_from_the_first_batch(spark, digits):
         [layers.Lambda(lambda t: t * 2.0), layers.Dense(32, activation="relu"), layers.Dense(10)]
     )
     sequential.compile(
-        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
     )
     train = numpy_to_frame(spark, {"features": x, "label": y})
     estimator = KerasEstimator(model=sequential, epochs=3, numWorkers=2, trainer="DOWNPOUR")
