@@ -1,6 +1,7 @@
 """Helpers of the wire's tests: a frame parsed from bytes, the bytes a stream would send."""
 
 import io
+import socket
 
 from distkeras.errors import ProtocolError
 from distkeras.ps.wire.framing import PeerClosed, read_frame
@@ -45,3 +46,12 @@ def frame_bytes(stream, msg_type, meta=None, arrays=()) -> bytes:
     recorder = Recorder()
     stream.protection.send(recorder, msg_type, meta, arrays)
     return bytes(recorder.data)
+
+
+def shut_down(*socks) -> None:
+    """Shuts both directions of each socket down, ignoring the ones already closed."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

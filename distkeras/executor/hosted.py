@@ -30,6 +30,7 @@ class ServerPlan:
         release_timeout: seconds worker 0 keeps serving after training, waiting for the
             driver to fetch the final weights.
         encryption: the server seals its sessions (and the driver and workers require it).
+        session_timeout: seconds a session may stay silent (the driver's hang timeout).
     """
 
     port: int
@@ -37,6 +38,7 @@ class ServerPlan:
     round_timeout: float
     release_timeout: float = 120.0
     encryption: bool = False
+    session_timeout: float = 600.0
 
 
 class ReportRelay:
@@ -100,6 +102,7 @@ class HostedServer:
                     round_rule=algorithm.round_rule if algorithm.synchronous else None,
                     num_workers=server_plan.num_workers if algorithm.synchronous else None,
                     round_timeout=server_plan.round_timeout,
+                    session_timeout=server_plan.session_timeout,
                     on_report=self.relay.on_report,
                     on_watch=self.relay.on_watch,
                     encryption=server_plan.encryption,

@@ -20,7 +20,7 @@ import numpy as np
 
 from distkeras.errors import DistKerasError, ProtocolError
 from distkeras.ps.wire import handshake, schema
-from distkeras.ps.wire.framing import PeerClosed
+from distkeras.ps.wire.framing import FrameCut, PeerClosed
 from distkeras.ps.wire.schema import Address, Limits, Message, MsgType
 from distkeras.ps.wire.stream import Stream, check_reply, configure
 
@@ -81,16 +81,22 @@ class Client:
         self._stream: Stream | None = self._connect(float(connect_timeout))
 
     def _connect(self, connect_timeout: float) -> Stream:
+        """Connects and authenticates, retrying with exponential back-off until
+        `connect_timeout` passes: a server not yet listening, or a handshake cut short (a
+        server under a flood of connections drops handshakes to make room)."""
         deadline = time.monotonic() + connect_timeout
         delay = 0.05
         while True:
             remaining = deadline - time.monotonic()
+            sock = None
             try:
                 sock = socket.create_connection(
                     self.address, timeout=max(min(self._timeout, remaining), 0.01)
                 )
-                break
-            except OSError as exc:
+                return self._handshake(sock)
+            except (OSError, FrameCut) as exc:  # not reached, refused, or cut short
+                if isinstance(exc, TimeoutError) and sock is not None:
+                    raise  # a server that accepts and stays silent: no retry helps
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ConnectionError(
@@ -102,6 +108,9 @@ class Client:
                 )
                 time.sleep(min(delay, remaining))
                 delay = min(2 * delay, 2.0)
+
+    def _handshake(self, sock: socket.socket) -> Stream:
+        """Authenticates a new connection; closes it on failure."""
         try:
             configure(sock)
             sock.settimeout(self._timeout)

@@ -159,9 +159,9 @@ class RemoteServer:
                 meta, _ = self._client.watch(self._epoch, self._stop, published=self._published)
                 self._take(meta)
                 for report in meta["reports"]:
-                    if report.get("finished"):
-                        finished.add(report["worker_id"])
-                    self.on_report(report)
+                    self.on_report(report)  # checks it: a bad report is refused there
+                    if isinstance(report, dict) and report.get("finished") is True:
+                        finished.add(report.get("worker_id"))
                 if len(finished) == self.num_workers:
                     self._weights = self._client.pull()
                     self._take(self._client.watch(self._epoch, self._stop, release=True)[0])

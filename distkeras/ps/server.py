@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import selectors
 import socket
@@ -23,6 +24,7 @@ import numpy as np
 from distkeras.errors import AuthenticationError, ProtocolError
 from distkeras.net import WILDCARD_HOSTS, is_loopback, route_address
 from distkeras.ps.center import AsyncCenter, Center, Refused, RoundCenter, RoundRule, ServerRule
+from distkeras.ps.ratelimit import RateLimitedLog
 from distkeras.ps.wire import handshake, schema
 from distkeras.ps.wire.framing import MessageRejected, PeerClosed
 from distkeras.ps.wire.schema import Address, Limits, Message, MsgType
@@ -37,30 +39,36 @@ HANDSHAKE_TIMEOUT = 10.0  # seconds from accept an unauthenticated peer has to a
 LINGER_TIMEOUT = 1.0  # seconds spent draining a refused peer so that it can read our error
 LINGER_BYTES = 256 << 20
 JOIN_TIMEOUT = 5.0
-MAX_UNAUTHENTICATED = 64  # handshakes in progress; the oldest is dropped for a new one
+MAX_UNAUTHENTICATED = 64  # handshakes in progress; beyond it one is dropped for a new one
 MAX_CONNECTIONS = 512
+ARRIVAL_HALF_LIFE = 10.0  # seconds over which a source's connections count as recent
+MAX_SOURCES = 4096  # sources whose recent connections are remembered
+SESSION_TIMEOUT = 600.0  # seconds an authenticated session may take to send its next frame
+TAKEOVER_GRACE = 2.0  # seconds a reconnecting worker waits for its old connection to end
 BACKOFF = (0.05, 1.0)  # accept back-off when out of descriptors: first and longest wait
-LOG_INTERVAL = 5.0  # seconds between two log lines of one kind of accept trouble
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class _RateLimitedLog:
-    """Logs a warning at most once per `interval` seconds, counting the ones held back."""
+class _Arrivals:
+    """Connections per source address, each counting less as it ages (a half-life): the
+    sources that connect most are the ones flooding, whose handshakes go first."""
 
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._last = -float("inf")
-        self._held = 0
+    def __init__(self, half_life: float = ARRIVAL_HALF_LIFE, max_sources: int = MAX_SOURCES):
+        self._decay = math.log(2) / half_life
+        self._max_sources = max_sources
+        self._scores: dict[str, tuple[float, float]] = {}  # source -> (score, as of)
 
-    def warning(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._held += 1
-            return
-        if self._held:
-            msg += f" ({self._held} similar messages held back)"
-        logger.warning(msg, *args)
-        self._last, self._held = now, 0
+    def add(self, source: str, now: float) -> None:
+        """Counts one new connection from `source`."""
+        self._scores[source] = (self.score(source, now) + 1.0, now)
+        if len(self._scores) > self._max_sources:  # keep the heaviest half
+            kept = sorted(self._scores, key=lambda s: self.score(s, now))[len(self._scores) // 2 :]
+            self._scores = {s: self._scores[s] for s in kept}
+
+    def score(self, source: str, now: float) -> float:
+        """`source`'s recent connections, the older ones counting less."""
+        score, then = self._scores.get(source, (0.0, now))
+        return score * math.exp(-self._decay * (now - then))
 
 
 class _Connection:
@@ -70,6 +78,7 @@ class _Connection:
         self.stream = Stream(sock)
         self.sock = sock
         self.peer = peer
+        self.source = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.worker_id: int | None = None
         self.thread: threading.Thread | None = None
         self.accepted = time.monotonic()
@@ -83,6 +92,11 @@ class _Connection:
         if self._payload is None or len(self._payload) < nbytes:
             self._payload = np.empty(nbytes, np.uint8)
         return memoryview(self._payload)
+
+    @property
+    def proved(self) -> bool:
+        """Whether the peer has started answering the challenge (an idle flood has not)."""
+        return self.stream.received > 0
 
 
 class ParameterServer:
@@ -118,8 +132,13 @@ class ParameterServer:
         num_workers: Size of the round set; required with `round_rule`.
         round_timeout: Seconds a round may wait for missing workers before the server fails.
         handshake_timeout: Seconds from accept within which a peer must authenticate.
+        session_timeout: Seconds an authenticated session may take to send its next frame,
+            waiting included; past it the session is closed (a trainer passes what its
+            monitor allows a silent worker, so that both agree on a hung worker).
         max_unauthenticated: Handshakes in progress at once; a new connection beyond it
-            drops the oldest one.
+            drops one of the source that connected most (recent connections counting
+            more), a peer that has sent nothing before one answering, then the oldest.
+            One source holds a quarter of them at most (its own oldest goes first).
         max_connections: Connections at once; beyond it (and with no handshake to drop) a
             new connection is closed at once.
 
@@ -142,6 +161,7 @@ class ParameterServer:
         num_workers: int | None = None,
         round_timeout: float = 600.0,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        session_timeout: float = SESSION_TIMEOUT,
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
         max_connections: int = MAX_CONNECTIONS,
         advertise_host: str | None = None,
@@ -165,6 +185,7 @@ class ParameterServer:
         for name, value in (
             ("round_timeout", round_timeout),
             ("handshake_timeout", handshake_timeout),
+            ("session_timeout", session_timeout),
         ):
             if not value > 0:
                 raise ValueError(f"Expected `{name}` to be positive. Received: {name}={value!r}")
@@ -200,10 +221,14 @@ class ParameterServer:
         self._on_watch = on_watch
         self._shards = shards
         self._handshake_timeout = float(handshake_timeout)
+        self._session_timeout = float(session_timeout)
         self._max_unauthenticated = max_unauthenticated
+        self._max_per_source = max(1, max_unauthenticated // 4)
+        self._arrivals = _Arrivals()
         self._max_connections = max_connections
-        self._accept_log = _RateLimitedLog()
-        self._refusal_log = _RateLimitedLog()
+        self._accept_log = RateLimitedLog(logger)
+        self._refusal_log = RateLimitedLog(logger)  # what unauthenticated peers cause
+        self._message_log = RateLimitedLog(logger)  # what authenticated peers' bad messages cause
         # One handler per request type: a new message is a schema entry plus a line here.
         self._handlers: dict[MsgType, Callable[[_Connection, Message], Reply]] = {
             MsgType.PULL: self._on_pull,
@@ -217,6 +242,8 @@ class ParameterServer:
 
         # Lifecycle: guarded by _state_lock.
         self._state_lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._state_lock)
+        self._slots: dict[int, _Connection] = {}  # worker id -> its one live connection
         self._report_lock = threading.Lock()
         self._stopping = False
         self._listener: socket.socket | None = None
@@ -288,6 +315,8 @@ class ParameterServer:
                 return
             self._stopping = True
         self._center.shut_down()  # round waiters give up
+        with self._slot_freed:
+            self._slot_freed.notify_all()  # reconnects waiting for a slot give up
         if self._wake is not None:
             try:
                 self._wake[1].send(b"x")
@@ -451,6 +480,7 @@ class ParameterServer:
         """Starts a thread for a new connection, within the caps; refuses it otherwise."""
         conn = _Connection(sock, peer)
         with self._state_lock:
+            self._arrivals.add(conn.source, conn.accepted)
             self._threads = [t for t in self._threads if t.is_alive()]
             live = [c for c in self._connections if not c.evicted]
             pending = [c for c in live if not c.authenticated]
@@ -460,15 +490,14 @@ class ParameterServer:
                 )
                 sock.close()
                 return
-            if pending and (
-                len(pending) >= self._max_unauthenticated or len(live) >= self._max_connections
-            ):
-                oldest = min(pending, key=lambda c: c.accepted)
-                oldest.evicted = True
-                _shutdown(oldest.sock)  # its thread ends and cleans up
+            victim = self._victim(conn, live, pending)
+            if victim is not None:
+                victim.evicted = True
+                _shutdown(victim.sock)  # its thread ends and cleans up
                 self._refusal_log.warning(
-                    "dropped the oldest unauthenticated connection (%s) for a new one",
-                    oldest.peer,
+                    "dropped an unauthenticated connection from %s for a new one from %s",
+                    victim.peer,
+                    peer,
                 )
             conn.thread = threading.Thread(
                 target=self._serve, args=(conn,), name=f"distkeras-ps-conn-{peer[1]}", daemon=True
@@ -486,6 +515,25 @@ class ParameterServer:
                 self._threads.remove(conn.thread)
             sock.close()
 
+    def _victim(
+        self, conn: _Connection, live: list[_Connection], pending: list[_Connection]
+    ) -> _Connection | None:
+        """The handshake to drop for `conn`, if a cap is reached (lock held): from `conn`'s
+        own source when it holds its share, else from the source connecting most; within
+        it, a peer that has sent nothing before one mid-handshake, then the oldest."""
+        mine = [c for c in pending if c.source == conn.source]
+        if len(mine) >= self._max_per_source:
+            candidates = mine
+        elif pending and (
+            len(pending) >= self._max_unauthenticated or len(live) >= self._max_connections
+        ):
+            scores = {c.source: self._arrivals.score(c.source, conn.accepted) for c in pending}
+            heaviest = max(scores.values())
+            candidates = [c for c in pending if scores[c.source] == heaviest]
+        else:
+            return None
+        return min(candidates, key=lambda c: (c.proved, c.accepted))
+
     def _serve(self, conn: _Connection) -> None:
         """Runs one connection: handshake, then request/reply until goodbye or error."""
         try:
@@ -495,19 +543,19 @@ class ParameterServer:
             )
             with self._state_lock:
                 conn.authenticated = True
-            conn.stream.deadline = None
-            conn.sock.settimeout(None)  # workers may compute for long between requests
             logger.debug("worker %d connected from %s", conn.worker_id, conn.peer)
             self._session(conn)
         except PeerClosed:
             logger.debug("peer %s closed the connection", conn.peer)
         except ProtocolError as exc:  # includes AuthenticationError
             self._center.count_rejected()
-            logger.warning("refused peer %s: %s", conn.peer, exc)
+            self._refusal_log.warning("refused peer %s: %s", conn.peer, exc)
             self._refuse(conn, exc)
         except OSError as exc:  # timeouts, resets, and our own shutdown in stop()
-            level = logging.DEBUG if self._stopping else logging.INFO
-            logger.log(level, "connection to %s lost: %s", conn.peer, exc)
+            if self._stopping:
+                logger.debug("connection to %s lost: %s", conn.peer, exc)
+            else:
+                self._refusal_log.info("connection to %s lost: %s", conn.peer, exc)
         finally:
             if conn.worker_id is not None:
                 self._center.detach(conn.worker_id)
@@ -516,6 +564,9 @@ class ParameterServer:
                 self._connections.discard(conn)
                 self._closed_received += conn.stream.received
                 self._closed_sent += conn.stream.sent
+                if conn.worker_id is not None and self._slots.get(conn.worker_id) is conn:
+                    del self._slots[conn.worker_id]
+                    self._slot_freed.notify_all()
 
     def _admit(self, conn: _Connection, worker_id: int) -> dict[str, Any]:
         """WELCOME fields for an authenticated worker, or a refusal naming the reason."""
@@ -524,25 +575,60 @@ class ParameterServer:
                 raise ProtocolError("this parameter server takes no observer")
             status = self._center.status()
             return {"clock": status["clock"], "round_mode": False, "center": self._specs}
+        self._take_slot(conn, worker_id)
         try:
             fields = self._center.admit(worker_id)
         except Refused as exc:
+            with self._state_lock:
+                del self._slots[worker_id]
+                self._slot_freed.notify_all()
             raise ProtocolError(str(exc)) from None
-        conn.worker_id = worker_id  # admitted: detach it when the connection ends
+        conn.worker_id = worker_id  # admitted: detach it and free its slot when it ends
         return {**fields, "center": self._specs}
+
+    def _take_slot(self, conn: _Connection, worker_id: int) -> None:
+        """Makes `conn` the one live connection of `worker_id`. A task retry reconnects
+        while the old connection of its dead process is still closing: wait for that end
+        a moment, and refuse only a worker id whose connection stays alive.
+
+        Raises:
+            ProtocolError: Another live connection holds the worker id.
+        """
+        with self._slot_freed:
+            if not self._slot_freed.wait_for(
+                lambda: worker_id not in self._slots or self._stopping, TAKEOVER_GRACE
+            ):
+                held = self._slots[worker_id]
+                self._message_log.warning(
+                    "refused a second connection as worker %d from %s: %s holds it",
+                    worker_id,
+                    conn.peer,
+                    held.peer,
+                )
+                raise ProtocolError(
+                    f"worker {worker_id} is already connected (from {held.peer[0]})"
+                )
+            self._slots[worker_id] = conn
 
     def _session(self, conn: _Connection) -> None:
         validate = functools.partial(self._validate, conn)
         while True:
             try:
+                # The whole next frame, waiting included: a silent worker, or a frame cut
+                # off by a stalled link, frees this thread.
+                conn.stream.deadline = time.monotonic() + self._session_timeout
                 msg = conn.stream.read(self._limits, validate, conn.buffer_for)
+                conn.stream.deadline = None
+                conn.sock.settimeout(self._session_timeout)  # the reply's sends
                 if msg.type is MsgType.GOODBYE:
                     logger.debug("worker %s said goodbye", conn.worker_id)
                     return
                 reply = self._handlers[msg.type](conn, msg)
             except (MessageRejected, Refused) as exc:
                 self._center.count_rejected()
-                logger.warning("refused a message from worker %s: %s", conn.worker_id, exc)
+                self._message_log.warning(
+                    "refused a message from worker %s: %s", conn.worker_id, exc
+                )
                 conn.stream.send(MsgType.ERROR, {"error": str(exc)})
                 continue
             try:

@@ -12,13 +12,17 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from typing import Any
 
-from distkeras.errors import WorkerError
+from distkeras.errors import ProtocolError, WorkerError
+from distkeras.ps.ratelimit import RateLimitedLog
+from distkeras.ps.wire.schema import Report
 from distkeras.trainers.learning_rate import RatePublisher
 
 logger = logging.getLogger(__name__)
 
 STARTUP_GRACE = 180.0  # seconds a worker may take to start before its first report
+MAX_INVALID_REPORTS = 3  # invalid reports from one worker before the run fails naming it
 
 
 class TrainingMonitor:
@@ -97,6 +101,8 @@ class TrainingMonitor:
         self.checkpointer = checkpointer
         self.retries = 0
         self.starts: dict[int, int] = {}
+        self.invalid_reports: dict[int | None, tuple[int, str]] = {}  # worker -> (count, last)
+        self._invalid_log = RateLimitedLog(logger)
         self.epoch_logs: dict = {}
         self.stopped = False
         self._stop_sent = False
@@ -117,14 +123,29 @@ class TrainingMonitor:
         The report completing an epoch carries a snapshot of the center and of the server's
         update count taken right then, so that validation and the epoch's update count are
         those of that epoch even when the driver gets to them after the workers moved on.
+        A report that `Report.parse` refuses never raises here: it is counted and dropped
+        (and logged, once per interval); `follow` fails the run once a worker sent
+        `MAX_INVALID_REPORTS` of them.
         """
-        if report.get("epoch_done"):
-            done = self._done_by_epoch.setdefault(int(report["epoch"]), set())
-            done.add(int(report["worker_id"]))
+        try:
+            parsed = Report.parse(report, self.num_workers)
+        except ProtocolError as exc:
+            self._refuse(report, exc)
+            return
+        center = None
+        if parsed.epoch_done:
+            done = self._done_by_epoch.setdefault(parsed.epoch, set())
+            done.add(parsed.worker_id)
             if len(done) == self.num_workers:
-                snapshot = (self.server.get_weights(), self.server.num_updates)
-                report = {**report, "center": snapshot}
-        self.reports.put(report)
+                center = (self.server.get_weights(), self.server.num_updates)
+        self.reports.put((parsed, center))
+
+    def _refuse(self, report: Any, exc: ProtocolError) -> None:
+        worker = report.get("worker_id") if isinstance(report, dict) else None
+        worker = worker if type(worker) is int else None
+        count = self.invalid_reports.get(worker, (0, ""))[0] + 1
+        self.invalid_reports[worker] = (count, str(exc))
+        self._invalid_log.warning("refused a report of worker %s: %s", worker, exc)
 
     def follow(self, job) -> None:
         """Handles reports until `job` (a thread running the Spark job) ends.
@@ -143,6 +164,7 @@ class TrainingMonitor:
             if self.server.failure is not None:
                 raise self.server.failure
             self._check_silence()
+            self._check_invalid()
             if self.checkpointer is not None and self.checkpointer.due():
                 self.checkpoint()
         self._drain(timeout=0)
@@ -180,32 +202,38 @@ class TrainingMonitor:
                     f"(worker_timeout={self.worker_timeout})"
                 )
 
-    def _handle(self, report: dict) -> None:
-        worker = int(report["worker_id"])
+    def _check_invalid(self) -> None:
+        for worker, (count, last) in list(self.invalid_reports.items()):
+            if count >= MAX_INVALID_REPORTS:
+                raise WorkerError(f"worker {worker} sent {count} invalid reports; the last: {last}")
+
+    def _handle(self, item: tuple[Report, tuple | None]) -> None:
+        report, center = item
+        worker = report.worker_id
         self.last_heard[worker] = time.monotonic()
-        if report.get("finished"):
+        if report.finished:
             self.done.add(worker)
             return
-        if "rows" in report:  # a worker's first report: a second one means a retried stage
+        if report.rows is not None:  # a worker's first report: a second means a retried stage
             self._started(worker, report)
-        epoch = int(report.get("epoch", 0))
-        if "steps" in report:
-            self._steps.setdefault(epoch, {})[worker] = int(report["steps"])
-        if report.get("logs"):
-            self._logs.setdefault(epoch, {})[worker] = report["logs"]
-        if "center" in report:
-            self._centers[epoch] = report["center"]
-        if report.get("epoch_done"):
+        epoch = report.epoch
+        if report.steps is not None:
+            self._steps.setdefault(epoch, {})[worker] = report.steps
+        if report.logs:
+            self._logs.setdefault(epoch, {})[worker] = report.logs
+        if center is not None:
+            self._centers[epoch] = center
+        if report.epoch_done:
             self._finished.setdefault(epoch, set()).add(worker)
         self._announce_steps()
         while not self.stopped and self.epoch < self.epochs and self._epoch_complete(self.epoch):
             self._close_epoch(self.epoch)
 
-    def _started(self, worker: int, report: dict) -> None:
+    def _started(self, worker: int, report: Report) -> None:
         self.starts[worker] = self.starts.get(worker, 0) + 1
         self.retries = max(self.retries, self.starts[worker] - 1)
-        self.rows[worker] = int(report["rows"])
-        self.steps_per_epoch[worker] = int(report["steps_per_epoch"])
+        self.rows[worker] = report.rows
+        self.steps_per_epoch[worker] = report.steps_per_epoch
         if len(self.steps_per_epoch) == self.num_workers and self._steps_total() is None:
             steps = sum(self.steps_per_epoch.values())
             self.callbacks.set_params({**self.callbacks.params, "steps": steps})

@@ -82,6 +82,8 @@ class TrainingRun:
         plan, monitor, options = self.plan, self.monitor, self.options
         reachable = options.reachable_host(client_host(self.spark))
         held = self.train_columns.held is not None and plan.data_path == SHARDS
+        # The server drops a session silent for longer than the monitor waits for a worker.
+        session_timeout = max(plan.worker_timeout, STARTUP_GRACE)
         server = ParameterServer(
             monitor.model.get_weights(),
             rule=plan.algorithm.server_rule,
@@ -92,6 +94,7 @@ class TrainingRun:
             round_rule=plan.algorithm.round_rule if plan.algorithm.synchronous else None,
             num_workers=plan.num_workers if plan.algorithm.synchronous else None,
             round_timeout=plan.worker_timeout,
+            session_timeout=session_timeout,
             on_report=monitor.on_report,
             shards=(
                 self.train_columns.shards(plan.num_workers, self.shard_every_row) if held else None
@@ -123,7 +126,11 @@ class TrainingRun:
         )
         monitor.attach(remote)
         self.hosted = ServerPlan(
-            where.port, plan.num_workers, plan.worker_timeout, encryption=encryption
+            where.port,
+            plan.num_workers,
+            plan.worker_timeout,
+            encryption=encryption,
+            session_timeout=session_timeout,
         )
         return remote
 

@@ -50,6 +50,10 @@ class PeerClosed(ConnectionError):
     """The peer closed the connection cleanly, between two frames."""
 
 
+class FrameCut(ProtocolError):
+    """The peer closed the connection in the middle of a frame."""
+
+
 class MessageRejected(ProtocolError):
     """A well-framed message was refused; the frame was consumed, so the stream is still usable."""
 
@@ -151,7 +155,7 @@ def recv_exact(recv_into: RecvInto, view: memoryview, what: str, at_boundary: bo
 
     Raises:
         PeerClosed: If the peer closed before the first byte and `at_boundary` is set.
-        ProtocolError: If the peer closed part-way (a truncated frame).
+        FrameCut: If the peer closed part-way (a truncated frame).
     """
     want = view.nbytes
     got = 0
@@ -160,7 +164,7 @@ def recv_exact(recv_into: RecvInto, view: memoryview, what: str, at_boundary: bo
         if not n:
             if at_boundary and got == 0:
                 raise PeerClosed("peer closed the connection")
-            raise ProtocolError(f"peer closed the connection mid-frame: got {got} of {want} {what}")
+            raise FrameCut(f"peer closed the connection mid-frame: got {got} of {want} {what}")
         got += n
 
 

@@ -1,9 +1,9 @@
 """The vocabulary of the wire: message types, their metadata, the fields of a report.
 
 MsgType and SCHEMA: what each message carries, checked by `decode_metadata` on every frame.
-REPORT_FIELDS and `check_report`: what a worker may report. Limits: bounds checked before
-anything is allocated. Wire arrays: the dtypes that travel and the payload's alignment.
-No bytes are read or written here.
+Report and `check_report`: what a worker may report, typed for the monitor. Limits: bounds
+checked before anything is allocated. Wire arrays: the dtypes that travel and the payload's
+alignment. No bytes are read or written here.
 """
 
 from __future__ import annotations
@@ -86,21 +86,6 @@ SCHEMA: dict[MsgType, dict[str, Any]] = {
     MsgType.SHARD: {"last": bool, "arrays": "specs"},
 }
 
-# The fields a worker's REPORT may carry: name -> (type, low, high) for numbers, or type.
-# Anything else is refused before it reaches the driver; a new field is one line here.
-MAX_LOGS = 256
-REPORT_FIELDS: dict[str, Any] = {
-    "epoch": (int, 0, 10**9),
-    "samples": (int, 0, 2**53),
-    "rows": (int, 0, 2**53),
-    "steps": (int, 0, 2**53),  # the worker's batches so far in this epoch
-    "steps_per_epoch": (int, 0, 2**53),
-    "learning_rate": float,  # the rate the worker trains with (absent: a schedule's)
-    "logs": dict,  # metric name -> number (see check_report)
-    "epoch_done": bool,
-    "finished": bool,
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -154,6 +139,69 @@ class Message:
     type: MsgType
     meta: dict[str, Any]
     arrays: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+MAX_LOGS = 256
+_COUNT = (int, 0, 2**53)
+
+
+def _field(kind: Any, default: Any = None) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": kind})
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """One worker's progress report: what the worker sends (a REPORT's "fields"), what the
+    server checks (`check_report`, from these fields' kinds) and what the monitor reads.
+
+    A field's kind is (type, low, high) for a number, or a type. A new field is one line here.
+
+    Attributes:
+        worker_id: The worker (set by the server from the connection, never by the worker).
+        epoch: The epoch the report is about.
+        samples: Rows trained on so far (in this epoch; in all, with `finished`).
+        rows: The worker's rows per epoch (its first report: with `steps_per_epoch`).
+        steps: The worker's batches so far in this epoch.
+        steps_per_epoch: The worker's batches per epoch (its first report).
+        learning_rate: The rate the worker trains with (None: a schedule's).
+        logs: Metric name -> running mean over this epoch's steps (NaN is news, not an error).
+        epoch_done: The worker finished `epoch`.
+        finished: The worker finished training.
+    """
+
+    worker_id: int
+    epoch: int = _field((int, 0, 10**9), 0)
+    samples: int | None = _field(_COUNT)
+    rows: int | None = _field(_COUNT)
+    steps: int | None = _field(_COUNT)
+    steps_per_epoch: int | None = _field(_COUNT)
+    learning_rate: float | None = _field((float, 0.0, 1e9))
+    logs: dict[str, float] = dataclasses.field(default_factory=dict, metadata={"kind": dict})
+    epoch_done: bool = _field(bool, False)
+    finished: bool = _field(bool, False)
+
+    @classmethod
+    def parse(cls, report: Any, num_workers: int = MAX_WORKER_ID + 1) -> Report:
+        """The report of a dict of fields plus "worker_id" (as the server relays it).
+
+        Raises:
+            ProtocolError: Not such a dict, a worker id outside [0, num_workers), or fields
+                that `check_report` refuses.
+        """
+        if not isinstance(report, dict):
+            raise ProtocolError(f"a report must be an object; got {type(report).__name__}")
+        fields = dict(report)
+        _check_number(fields.pop("worker_id", None), "worker_id", (int, 0, num_workers - 1))
+        check_report(fields)
+        logs = {name: float(value) for name, value in fields.pop("logs", {}).items()}
+        return cls(worker_id=report["worker_id"], logs=logs, **fields)
+
+
+# The fields a worker's REPORT may carry, and their kinds: anything else is refused before
+# it reaches the driver.
+REPORT_FIELDS: dict[str, Any] = {
+    f.name: f.metadata["kind"] for f in dataclasses.fields(Report) if f.name != "worker_id"
+}
 
 
 def padded(nbytes: int) -> int:
@@ -224,29 +272,44 @@ def check_report(fields: dict[str, Any]) -> None:
     """Checks a REPORT's fields against `REPORT_FIELDS`.
 
     Raises:
-        ProtocolError: An unknown field, a wrong type, a number out of range, or logs that
-            are not a small object of numbers.
+        ProtocolError: An unknown field, a wrong type, a number out of range, `rows` without
+            `steps_per_epoch` or the reverse, or logs that are not a small object of numbers.
     """
     for key, value in fields.items():
         kind = REPORT_FIELDS.get(key)
         if kind is None:
-            raise ProtocolError(f"unknown report field {key!r} (known: {sorted(REPORT_FIELDS)})")
+            known = sorted(REPORT_FIELDS)
+            raise ProtocolError(f"unknown report field {key!r:.40} (known: {known})")
         if isinstance(kind, tuple):
-            _check_int(value, f"report field {key!r}", kind[1], kind[2])
+            _check_number(value, key, kind)
         elif type(value) is not kind:
             raise ProtocolError(f"report field {key!r} must be of type {kind.__name__}")
+    if ("rows" in fields) != ("steps_per_epoch" in fields):  # a worker's first report
+        raise ProtocolError("report fields 'rows' and 'steps_per_epoch' come together")
     logs = fields.get("logs", {})
     if len(logs) > MAX_LOGS:
         raise ProtocolError(f"report logs hold {len(logs)} entries, more than {MAX_LOGS}")
     for name, value in logs.items():  # NaN is allowed: a diverging loss is news, not an attack
-        if type(value) not in (int, float) or len(name) > 256:
+        if type(name) is not str or len(name) > 256:
+            raise ProtocolError(f"report logs names must be short strings; got {name!r:.64}")
+        if not (type(value) is float or (type(value) is int and abs(value) <= 2**53)):
             raise ProtocolError(f"report logs entry {name[:64]!r} must be a number")
+
+
+def _check_number(value: Any, key: str, kind: tuple[type, Any, Any]) -> None:
+    number, low, high = kind
+    if type(value) is not number or not low <= value <= high:  # NaN is not within
+        what = "an integer" if number is int else "a number"
+        raise ProtocolError(
+            f"report field {key!r} must be {what} in [{low}, {high}]; got {value!r:.40}"
+        )
 
 
 def _check_int(value: Any, key: str, low: int, high: int) -> None:
     if type(value) is not int or not low <= value <= high:
-        name = key if key.startswith("report") else f"metadata field {key!r}"
-        raise ProtocolError(f"{name} must be an integer in [{low}, {high}]; got {value!r:.40}")
+        raise ProtocolError(
+            f"metadata field {key!r} must be an integer in [{low}, {high}]; got {value!r:.40}"
+        )
 
 
 def _check_specs(value: Any, key: str, max_arrays: int) -> int:
