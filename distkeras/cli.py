@@ -14,7 +14,7 @@ from pathlib import Path
 
 from distkeras.algorithms import registry
 from distkeras.errors import DistKerasError
-from distkeras.quiet import import_tensorflow
+from distkeras.quiet import import_keras
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -419,7 +419,7 @@ def main(argv=None) -> int:
     """Runs `distkeras COMMAND ...`; returns the exit code (2 for bad options or paths)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    import_tensorflow()  # before Spark and the model: without TensorFlow's start-up chatter
+    import_keras()  # before Spark and the model: without TensorFlow's start-up chatter
     try:
         return COMMANDS[args.command](args)
     except UsageError as error:

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from distkeras.quiet import import_tensorflow
+from distkeras.quiet import import_keras
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="passes over the data")
     parser.add_argument("--workers", type=int, default=2, help="parallel workers")
     args = parser.parse_args(argv)
-    import_tensorflow()  # without TensorFlow's start-up chatter
+    import_keras()  # without TensorFlow's start-up chatter
     accuracy = run(args.master, args.epochs, args.workers)
     sys.stdout.write(f"Held-out accuracy on the digits: {accuracy:.4f}\n")
     return 0

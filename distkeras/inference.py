@@ -28,6 +28,8 @@ from distkeras.executor.inference import (
 )
 from distkeras.inputs.arrays import check_strings
 from distkeras.model_spec import ModelSpec, compile_settings, ensure_keras_model
+from distkeras.quiet import keras_backend
+from distkeras.spark.backend import follow_backend
 from distkeras.spark.facts import task_cpus
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def make_plan(
     threads: int = 1,
     custom_objects: dict | None = None,
 ) -> InferencePlan:
-    """Captures `model` for the executors (see `InferencePlan`)."""
+    """Captures `model` for the executors (see `InferencePlan`), on this process's backend."""
     spec = (
         ModelSpec.from_model(model, custom_objects=custom_objects)
         if compiled
@@ -66,6 +68,7 @@ def make_plan(
         compiled=compiled,
         threads=threads,
         custom_objects=custom_objects,
+        backend=keras_backend(),
     )
 
 
@@ -226,6 +229,7 @@ def add_predictions(
         threads=task_cpus(df.sparkSession),
         custom_objects=custom_objects,
     )
+    follow_backend(df.sparkSession)
 
     def predict(features):
         return predict_arrays(plan, rule, features)
@@ -283,6 +287,7 @@ def evaluate_frame(
         threads=task_cpus(df.sparkSession),
         custom_objects=custom_objects,
     )
+    follow_backend(df.sparkSession)
     labels = list(label_cols)
     frame = data.columnar_frame(df, list(feature_cols) + labels)
     rows = frame.mapInArrow(

@@ -1,8 +1,10 @@
-"""TensorFlow started without its startup chatter, on the driver's entry points and executors.
+"""Keras (and TensorFlow) started without its startup chatter, on the driver and executors.
 
-QUIET_ENV: the environment Spark's executors get (distkeras.spark). import_tensorflow: imports
-TensorFlow and initialises its devices with file descriptor 2 captured, then writes back every
-captured line that is not known start-up chatter. Nothing here runs at import time.
+QUIET_ENV: the environment Spark's executors get (distkeras.spark). import_keras: imports Keras
+with whatever backend it selects (TensorFlow, JAX, PyTorch) and, on TensorFlow, initialises its
+devices with file descriptor 2 captured, then writes back every captured line that is not known
+start-up chatter; TensorFlow itself is imported only when it is the backend (import_tensorflow
+imports it regardless). Nothing here runs at import time.
 
 What silences which line (TensorFlow 2.21, measured):
 
@@ -19,6 +21,7 @@ What silences which line (TensorFlow 2.21, measured):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -26,6 +29,8 @@ import tempfile
 
 # C++ INFO lines off; TensorFlow's warnings and errors still show. A value set by the user wins.
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1"}
+# The variable that selects Keras' backend before its import; executors get the driver's.
+BACKEND_ENV = "KERAS_BACKEND"
 
 CHATTER = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called"
@@ -41,6 +46,44 @@ def quiet_environment() -> None:
     """Sets QUIET_ENV's variables in this process where the user has not set them."""
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
+
+
+def keras_backend() -> str:
+    """This process's Keras backend: Keras' own answer once it is imported; before, the one
+    its import will select, read as Keras reads it (`KERAS_BACKEND`, else the `backend` of
+    keras.json in $KERAS_HOME or ~/.keras, else TensorFlow), without importing it."""
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):
+        return keras.backend.backend()
+    if os.environ.get(BACKEND_ENV):
+        return os.environ[BACKEND_ENV]
+    home = os.path.expanduser("~")
+    folder = os.environ.get("KERAS_HOME") or os.path.join(
+        home if os.access(home, os.W_OK) else "/tmp", ".keras"
+    )
+    try:
+        with open(os.path.join(folder, "keras.json")) as config:
+            return str(json.load(config).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def import_keras(devices: bool = True):
+    """Imports Keras quietly with the backend it selects (`KERAS_BACKEND`, else its config
+    file) and returns `keras`; on TensorFlow, as `import_tensorflow` does.
+
+    Args:
+        devices: on TensorFlow, also initialise its devices (see `import_tensorflow`).
+    """
+    if "keras" not in sys.modules:
+        quiet_environment()
+        with _chatter_filtered():
+            import keras  # noqa: F401
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import_tensorflow(devices)
+    return keras
 
 
 def import_tensorflow(devices: bool = True):

@@ -78,6 +78,6 @@ def test_a_failed_keras_preload_is_logged_and_the_daemon_goes_on(monkeypatch, ca
     def broken(devices=True):
         raise ImportError("no TensorFlow here")
 
-    monkeypatch.setattr(quiet, "import_tensorflow", broken)
+    monkeypatch.setattr(quiet, "import_keras", broken)
     executor_daemon.preload()
     assert "could not preload Keras: no TensorFlow here" in caplog.text

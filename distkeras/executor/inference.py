@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from distkeras import data
+from distkeras.executor.backend import use_backend
 from distkeras.executor.model_cache import MODELS
-from distkeras.executor.threads import configure_threads
 from distkeras.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class InferencePlan:
         compiled: build the model compiled (needed by evaluate, not by predict).
         threads: TensorFlow threads per Python worker (Spark's cpus per task).
         custom_objects: classes and functions the model refers to by name.
+        backend: the driver's Keras backend, which the executor must run (executor.backend).
     """
 
     spec: ModelSpec
@@ -51,6 +52,7 @@ class InferencePlan:
     compiled: bool = False
     threads: int = 1
     custom_objects: dict | None = None
+    backend: str = "tensorflow"
 
 
 def cached_model(plan: InferencePlan):
@@ -63,7 +65,7 @@ def cached_model(plan: InferencePlan):
     built = []
 
     def build():
-        configure_threads(plan.threads)
+        use_backend(plan.backend, plan.threads)
         built.append(plan.key)
         return _build(plan)
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from distkeras.algorithms.base import Algorithm
 from distkeras.errors import WorkerError
+from distkeras.executor.backend import use_backend, window_runner
 from distkeras.executor.hosted import HostedServer, ServerPlan
-from distkeras.executor.threads import configure_threads
 from distkeras.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class WorkerPlan:
         timeout: seconds any single call to the server may take.
         report_interval: minimum seconds between two progress reports.
         threads: TensorFlow intra-op threads (Spark's cpus per task).
+        backend: the driver's Keras backend, which the worker must run (executor.backend).
         custom_objects: classes and functions the model refers to by name.
         first_epoch: the epoch to start from (a resumed run skips the epochs it has done).
         hosted: for a run whose server lives in the cluster, what worker 0 needs to host
@@ -86,6 +87,7 @@ class WorkerPlan:
     steps_per_epoch: int | None = None
     require_encryption: bool = False
     direct: bool = False
+    backend: str = "tensorflow"
 
     @property
     def columns(self) -> list[str]:
@@ -128,16 +130,18 @@ def describe(error: BaseException) -> str:
 
 
 def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
-    from distkeras.executor.local_steps import WindowRunner
     from distkeras.executor.memory import PeakGrowth
     from distkeras.executor.model_cache import model_and_runner
     from distkeras.executor.row_source import SpillSource
     from distkeras.ps.client import Client
 
     started = time.monotonic()
-    configure_threads(plan.threads)
+    use_backend(plan.backend, plan.threads)  # before the model: fails naming both backends
     model, runner = model_and_runner(
-        plan.model, plan.custom_objects, plan.batch_size, lambda m: WindowRunner(m, plan.batch_size)
+        plan.model,
+        plan.custom_objects,
+        plan.batch_size,
+        lambda m: window_runner(plan.backend, m, plan.batch_size),
     )
     growth = PeakGrowth()  # from here on, memory should not grow with the partition
     with Client(

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import itertools
 import math
+import sys
 
 import numpy as np
 
@@ -129,9 +130,9 @@ def adapt(
 def _batches(x, steps, argument):
     """An iterable of batches for a dataset, PyDataset or generator; None for arrays."""
     import keras
-    import tensorflow as tf
 
-    if isinstance(x, tf.data.Dataset):
+    tf = sys.modules.get("tensorflow")  # a tf.data.Dataset implies it is imported
+    if tf is not None and isinstance(x, tf.data.Dataset):
         if int(x.cardinality()) == tf.data.INFINITE_CARDINALITY and steps is None:
             raise ValueError(
                 f"`{argument}` is an infinite dataset (it repeats forever): give "
@@ -260,9 +261,8 @@ def _is_sequence_of_arrays(value, count) -> bool:
 def _numpy(value, name: str) -> np.ndarray:
     """`value` as a numpy array of numbers or booleans, or an object array of `str` (what
     Keras takes for string inputs); clear errors otherwise."""
-    import tensorflow as tf
-
-    if isinstance(value, tf.RaggedTensor):
+    tf = sys.modules.get("tensorflow")  # a ragged tensor implies it is imported
+    if tf is not None and isinstance(value, tf.RaggedTensor):
         raise ValueError(
             f"`{name}` is a ragged tensor (rows of different lengths): pad it to one length "
             f"(`.to_tensor()`). Received: {name} of shape {value.shape}"

@@ -16,6 +16,7 @@ import sys
 
 from distkeras.quiet import QUIET_ENV
 from distkeras.spark import warmup
+from distkeras.spark.backend import backend_conf
 from distkeras.spark.facts import parse_master
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
     """Returns the active SparkSession, or builds one on `master`.
 
     Executors are pointed at this interpreter (PYSPARK_PYTHON / PYSPARK_DRIVER_PYTHON), so
-    they import the same Keras, and start importing it as soon as the session is built (on a
-    local master, once, in Spark's Python daemon); Spark's own logging is kept to warnings.
+    they import the same Keras, on this process's backend (spark.backend), and start
+    importing it as soon as the session is built (on a local master, once, in Spark's
+    Python daemon); Spark's own logging is kept to warnings.
     Under spark-submit, its `--master` wins, so a script runs unchanged there and on the
     embedded `local[*]`.
 
@@ -111,7 +113,7 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
     )
     for name, value in QUIET_ENV.items():  # executors start TensorFlow without its chatter
         builder = builder.config(f"spark.executorEnv.{name}", os.environ.get(name, value))
-    for key, value in {**preload, **(conf or {})}.items():
+    for key, value in {**backend_conf(), **preload, **(conf or {})}.items():
         builder = builder.config(key, str(value))
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")

@@ -2,7 +2,8 @@
 driver's own preparation.
 
 start_imports(spark, n) launches, once per SparkSession, a background Spark job of n tasks
-that import TensorFlow and Keras in the executors' Python workers; Spark reuses those
+that import Keras (with the backend of the executors' environment: spark.session gives them
+the driver's) in the executors' Python workers; Spark reuses those
 workers for the training tasks that follow. Nothing here trains or talks to the server.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import weakref
 
+from distkeras.spark.backend import follow_backend
 from distkeras.spark.job import SparkJob
 
 logger = logging.getLogger(__name__)
@@ -20,10 +22,10 @@ SCHEMA = "imported long"
 
 
 def import_keras(batches):
-    """`mapInArrow` function: imports Keras (and TensorFlow) in this Python worker."""
-    from distkeras.quiet import import_tensorflow
+    """`mapInArrow` function: imports Keras (and its backend) in this Python worker."""
+    from distkeras.quiet import import_keras
 
-    import_tensorflow()  # the import is the point; without TensorFlow's start-up chatter
+    import_keras()  # the import is the point; without TensorFlow's start-up chatter
     import pyarrow as pa
 
     for _ in batches:
@@ -39,6 +41,7 @@ def start_imports(spark, num_tasks: int) -> SparkJob | None:
     if spark in _WARMED:
         return None
     _WARMED.add(spark)
+    follow_backend(spark)  # the Python workers the training job will reuse: its backend
     frame = spark.range(0, num_tasks, 1, num_tasks).mapInArrow(import_keras, SCHEMA)
     job = SparkJob(spark, frame.collect, "distkeras: executors import Keras")
     job.start()

@@ -22,6 +22,7 @@ from distkeras.model_spec import set_weights
 from distkeras.ps.remote import RemoteServer
 from distkeras.ps.server import ParameterServer
 from distkeras.spark import placement, warmup
+from distkeras.spark.backend import follow_backend
 from distkeras.spark.facts import client_host, task_max_failures
 from distkeras.spark.job import SparkJob
 from distkeras.trainers.monitor import STARTUP_GRACE, TrainingMonitor
@@ -144,7 +145,7 @@ class TrainingRun:
         """
         frame = self._worker_rows()
         self.monitor.begin()  # on_epoch_begin: before any worker's first step
-        worker_plan = self._worker_plan()
+        worker_plan = self._worker_plan(backend=follow_backend(self.spark))
         workers = frame.mapInArrow(
             lambda batches: train_partition(worker_plan, batches), SUMMARY_SCHEMA, barrier=True
         )
@@ -177,7 +178,7 @@ class TrainingRun:
         train = self.train_columns
         return self.partition(data.columnar_frame(train.frame, train.columns))
 
-    def _worker_plan(self) -> WorkerPlan:
+    def _worker_plan(self, backend: str) -> WorkerPlan:
         plan, train = self.plan, self.train_columns
         return WorkerPlan(
             model=plan.spec,
@@ -201,6 +202,7 @@ class TrainingRun:
             first_epoch=plan.first_epoch,
             hosted=self.hosted,
             direct=self._direct(),
+            backend=backend,
         )
 
     # ----------------------------------------------------------------- the end

@@ -1,0 +1,63 @@
+"""The Keras backend of an executor's Python worker: the driver's, checked before any step.
+
+use_backend: selects the plan's backend when this process has not imported Keras yet, fails
+naming both backends when it imported another one, and sizes the backend's threads.
+window_runner: the runner of local steps for that backend (local_steps on TensorFlow,
+jax_steps on JAX). No Spark, no sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from distkeras.quiet import BACKEND_ENV, import_keras
+
+TRAINING_BACKENDS = ("tensorflow", "jax")
+
+
+def use_backend(backend: str, threads: int = 1) -> None:
+    """Makes `backend` this process's Keras backend, before the task builds a model.
+
+    Args:
+        backend: the driver's `keras.backend.backend()`.
+        threads: the backend's intra-op threads (Spark's cpus per task; TensorFlow only).
+
+    Raises:
+        RuntimeError: this Python worker already imported Keras with another backend.
+    """
+    if "keras" not in sys.modules:
+        os.environ[BACKEND_ENV] = backend
+    loaded = import_keras().backend.backend()
+    if loaded != backend:
+        raise RuntimeError(
+            f"The driver runs Keras on the `{backend}` backend, but this executor's Python "
+            f"worker already imported Keras on `{loaded}`. Give the executors "
+            f"`spark.executorEnv.{BACKEND_ENV}={backend}` (distkeras does so on the sessions "
+            f"it builds and on classic sessions), or run the driver on `{loaded}`. "
+            f"Received: backend={backend!r}, executor backend={loaded!r}"
+        )
+    if backend == "tensorflow":
+        from distkeras.executor.threads import configure_threads
+
+        configure_threads(threads)
+
+
+def window_runner(backend: str, model, batch_size: int):
+    """The runner of windows of local steps for `model` on `backend` (see local_steps).
+
+    Raises:
+        RuntimeError: the backend has no runner (PyTorch, say), naming those that do.
+    """
+    if backend == "tensorflow":
+        from distkeras.executor.local_steps import WindowRunner
+
+        return WindowRunner(model, batch_size)
+    if backend == "jax":
+        from distkeras.executor.jax_steps import JaxWindowRunner
+
+        return JaxWindowRunner(model, batch_size)
+    raise RuntimeError(
+        f"distkeras trains on the Keras backends {', '.join(TRAINING_BACKENDS)}; this run's "
+        f"backend has no distributed runner yet. Received: backend={backend!r}"
+    )

@@ -1,0 +1,151 @@
+"""The core paths of distkeras on the Keras backend of this process (`KERAS_BACKEND`).
+
+Keras fixes its backend when it is imported, so tests/test_backends.py runs this script in a
+process of its own, with its own local[2] session, and reads the one JSON line it prints:
+the backend of the driver and of the workers, the default trainer's and a synchronous
+trainer's test accuracy on the digits, what a callback and `validation_data` saw, and a
+Spark ML pipeline's predictions before and after a save and load.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+
+from distkeras import predictors
+from distkeras.algorithms import registry
+from distkeras.data import numpy_to_frame
+from distkeras.datasets import load_digits
+from distkeras.spark.session import get_spark_session
+from distkeras.trainers import AveragingTrainer, make_trainer
+
+
+def mlp():
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    return model
+
+
+def accuracy(model, x, y) -> float:
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+
+
+class Seen(keras.callbacks.Callback):
+    """Counts batch hooks and keeps the epoch logs' keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+        self.keys = set()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.keys.update(logs or {})
+
+
+def default_trainer(digits, epochs: int) -> dict:
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = mlp()
+    trainer = make_trainer(registry.DEFAULT, model, num_workers=2, seed=0)
+    trainer.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    pids = sorted({summary["pid"] for summary in trainer.worker_summaries})
+    return {"default_accuracy": accuracy(model, x_test, y_test), "worker_pids": pids}
+
+
+def synchronous_trainer(digits, epochs: int) -> dict:
+    """Averaging with validation_data, a callback and sample weights (class 0 weighs 0)."""
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(1)
+    model = mlp()
+    seen = Seen()
+    trainer = AveragingTrainer(model, num_workers=2, seed=1)
+    history = trainer.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
+        sample_weight=(y != 0).astype(np.float32),
+        validation_data=(x_test, y_test),
+        callbacks=[seen],
+    )
+    predicted = np.argmax(model.predict(x_test, verbose=0), axis=1)
+    return {
+        "sync_accuracy": float(np.mean(predicted[y_test != 0] == y_test[y_test != 0])),
+        "sync_zero_recall": float(np.mean(predicted[y_test == 0] == 0)),
+        "sync_epochs": history.epoch,
+        "sync_logs": sorted(seen.keys),
+        "sync_batches": seen.batches,
+    }
+
+
+def pipeline(spark, digits, epochs: int, path: str) -> dict:
+    """KerasEstimator in a Pipeline, KerasModel.transform, then the pipeline saved and loaded."""
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.functions import array_to_vector
+
+    from distkeras.ml import KerasEstimator
+
+    (x, y), (x_test, y_test) = digits
+    train = numpy_to_frame(spark, {"f": x, "label": y})
+    test = numpy_to_frame(spark, {"f": x_test, "label": y_test})
+    vectors = [df.select(array_to_vector("f").alias("features"), "label") for df in (train, test)]
+    keras.utils.set_random_seed(2)
+    estimator = KerasEstimator(model=mlp(), epochs=epochs, numWorkers=2, trainerParams={"seed": 2})
+    fitted = Pipeline(stages=[estimator]).fit(vectors[0])
+    before = [r.prediction for r in fitted.transform(vectors[1]).orderBy("label").collect()]
+    fitted.write().overwrite().save(path)
+    loaded = PipelineModel.load(path)
+    after = [r.prediction for r in loaded.transform(vectors[1]).orderBy("label").collect()]
+    metrics = predictors.evaluate(loaded.stages[-1].getModel(), vectors[1])
+    labels = [r.label for r in vectors[1].orderBy("label").collect()]
+    return {
+        "transform_accuracy": float(np.mean(np.asarray(before) == np.asarray(labels))),
+        "loaded_same": before == after,
+        "evaluate_accuracy": metrics["accuracy"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--path", required=True, help="a folder for the saved pipeline")
+    args = parser.parse_args()
+    spark = get_spark_session("local[2]", app_name="distkeras-backend-job")
+    digits = load_digits()
+    result = {"driver_backend": keras.backend.backend(), "env": os.environ.get("KERAS_BACKEND")}
+    result.update(default_trainer(digits, args.epochs))
+    result.update(synchronous_trainer(digits, args.epochs))
+    result.update(pipeline(spark, digits, args.epochs, args.path))
+    result["worker_backend"] = (
+        spark.range(0, 1, 1, 1).mapInArrow(_worker_backend, "backend string").collect()[0].backend
+    )
+    spark.stop()
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+def _worker_backend(batches):
+    import keras
+    import pyarrow as pa
+
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pylist([{"backend": keras.backend.backend()}])
+
+
+if __name__ == "__main__":
+    main()
