@@ -13,6 +13,11 @@ CONNECT = ["pyspark[connect]>=4.0"]
 TENSORBOARD = ["tensorboard>=2.16"]
 # The package's import contracts (.importlinter), checked by tests/test_layout.py.
 LAYOUT = ["import-linter>=2.0"]
+# Keras' other backends (KERAS_BACKEND=jax / torch; docs/backends.md). JAX's CPU build is
+# small, so the tests run on it too (tests/test_backends.py); PyTorch's PyPI wheel pulls its
+# CUDA libraries (GBs), so it stays out of `test` (`make test-torch` installs the CPU wheel).
+JAX = ["jax[cpu]>=0.4.30"]
+TORCH = ["torch>=2.1"]
 TEST = [
     "pytest>=8",
     "hypothesis>=6",
@@ -23,6 +28,7 @@ TEST = [
     *CONNECT,
     *TENSORBOARD,
     *LAYOUT,
+    *JAX,
 ]
 
 setup(
@@ -45,6 +51,13 @@ setup(
         # OpenSSL's primitives, not home-made ones.
         "cryptography>=41",
     ],
-    extras_require={"test": TEST, "examples": EXAMPLES, "docs": DOCS, "connect": CONNECT},
+    extras_require={
+        "test": TEST,
+        "examples": EXAMPLES,
+        "docs": DOCS,
+        "connect": CONNECT,
+        "jax": JAX,
+        "torch": TORCH,
+    },
     entry_points={"console_scripts": ["distkeras=distkeras.cli:main"]},
 )

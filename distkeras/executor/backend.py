@@ -2,6 +2,7 @@
 
 use_backend: selects the plan's backend when this process has not imported Keras yet, fails
 naming both backends when it imported another one, and sizes the backend's threads.
+check_trainable: whether workers can train on a backend (the driver asks before any job).
 window_runner: the runner of local steps for that backend (local_steps on TensorFlow,
 jax_steps on JAX). No Spark, no sockets.
 """
@@ -43,21 +44,31 @@ def use_backend(backend: str, threads: int = 1) -> None:
         configure_threads(threads)
 
 
-def window_runner(backend: str, model, batch_size: int):
-    """The runner of windows of local steps for `model` on `backend` (see local_steps).
+def check_trainable(backend: str) -> str:
+    """Returns `backend` if workers can train on it (the driver checks before any job).
 
     Raises:
         RuntimeError: the backend has no runner (PyTorch, say), naming those that do.
     """
+    if backend not in TRAINING_BACKENDS:
+        raise RuntimeError(
+            f"distkeras trains on the Keras backends {', '.join(TRAINING_BACKENDS)}; this "
+            f"run's backend has no distributed runner yet. Received: backend={backend!r}"
+        )
+    return backend
+
+
+def window_runner(backend: str, model, batch_size: int):
+    """The runner of windows of local steps for `model` on `backend` (see local_steps).
+
+    Raises:
+        RuntimeError: the backend has no runner (see `check_trainable`).
+    """
+    check_trainable(backend)
     if backend == "tensorflow":
         from distkeras.executor.local_steps import WindowRunner
 
         return WindowRunner(model, batch_size)
-    if backend == "jax":
-        from distkeras.executor.jax_steps import JaxWindowRunner
+    from distkeras.executor.jax_steps import JaxWindowRunner
 
-        return JaxWindowRunner(model, batch_size)
-    raise RuntimeError(
-        f"distkeras trains on the Keras backends {', '.join(TRAINING_BACKENDS)}; this run's "
-        f"backend has no distributed runner yet. Received: backend={backend!r}"
-    )
+    return JaxWindowRunner(model, batch_size)

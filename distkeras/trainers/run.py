@@ -14,6 +14,7 @@ import logging
 import time
 
 from distkeras import data
+from distkeras.executor.backend import check_trainable
 from distkeras.executor.hosted import ServerPlan
 from distkeras.executor.worker import SUMMARY_SCHEMA, WorkerPlan, train_partition
 from distkeras.inputs import columns
@@ -145,7 +146,7 @@ class TrainingRun:
         """
         frame = self._worker_rows()
         self.monitor.begin()  # on_epoch_begin: before any worker's first step
-        worker_plan = self._worker_plan(backend=follow_backend(self.spark))
+        worker_plan = self._worker_plan(backend=check_trainable(follow_backend(self.spark)))
         workers = frame.mapInArrow(
             lambda batches: train_partition(worker_plan, batches), SUMMARY_SCHEMA, barrier=True
         )

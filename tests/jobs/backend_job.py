@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import keras
 import numpy as np
@@ -125,12 +126,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--path", required=True, help="a folder for the saved pipeline")
     args = parser.parse_args()
+    started = time.monotonic()
     spark = get_spark_session("local[2]", app_name="distkeras-backend-job")
     digits = load_digits()
     result = {"driver_backend": keras.backend.backend(), "env": os.environ.get("KERAS_BACKEND")}
-    result.update(default_trainer(digits, args.epochs))
-    result.update(synchronous_trainer(digits, args.epochs))
-    result.update(pipeline(spark, digits, args.epochs, args.path))
+    seconds = {"session": time.monotonic() - started}
+    for name, check in (
+        ("default", lambda: default_trainer(digits, args.epochs)),
+        ("sync", lambda: synchronous_trainer(digits, args.epochs)),
+        ("pipeline", lambda: pipeline(spark, digits, args.epochs, args.path)),
+    ):
+        started = time.monotonic()
+        result.update(check())
+        seconds[name] = round(time.monotonic() - started, 1)
+    result["seconds"] = seconds
     result["worker_backend"] = (
         spark.range(0, 1, 1, 1).mapInArrow(_worker_backend, "backend string").collect()[0].backend
     )
