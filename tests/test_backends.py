@@ -79,14 +79,19 @@ def test_a_classic_session_gives_its_python_workers_the_drivers_backend(spark):
 
 @pytest.fixture(scope="module")
 def jax_run(tmp_path_factory):
-    """The job's JSON line, run once with KERAS_BACKEND=jax."""
+    """The job's JSON line, run once on JAX.
+
+    Its environment selects no backend (no KERAS_BACKEND, an empty KERAS_HOME): the job
+    builds its session, whose executors would then run TensorFlow, and only then picks JAX.
+    """
     pytest.importorskip("jax", reason="the `test` extra installs JAX: pip install -e '.[test]'")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYSPARK_PYTHON": sys.executable}
-    env.pop("PYSPARK_DRIVER_PYTHON", None)
-    env.pop("SPARK_CONNECT_MODE_ENABLED", None)
     folder = tmp_path_factory.mktemp("jax")
+    env = {**os.environ, "KERAS_HOME": str(folder), "PYSPARK_PYTHON": sys.executable}
+    for name in ("KERAS_BACKEND", "PYSPARK_DRIVER_PYTHON", "SPARK_CONNECT_MODE_ENABLED"):
+        env.pop(name, None)
     result = subprocess.run(
-        [sys.executable, str(JOB), "--epochs", "8", "--path", str(folder / "pipeline")],
+        [sys.executable, str(JOB), "--backend", "jax", "--epochs", "8"]
+        + ["--path", str(folder / "pipeline")],
         env=env,
         capture_output=True,
         text=True,
@@ -98,6 +103,7 @@ def jax_run(tmp_path_factory):
 
 def test_jax_driver_and_workers(jax_run):
     assert jax_run["driver_backend"] == jax_run["worker_backend"] == "jax"
+    print("JAX job phases (s):", jax_run["seconds"])
 
 
 def test_jax_default_trainer_reaches_the_accuracy_floor(jax_run):

@@ -1,10 +1,12 @@
-"""The core paths of distkeras on the Keras backend of this process (`KERAS_BACKEND`).
+"""The core paths of distkeras on the Keras backend given by `--backend`.
 
 Keras fixes its backend when it is imported, so tests/test_backends.py runs this script in a
-process of its own, with its own local[2] session, and reads the one JSON line it prints:
-the backend of the driver and of the workers, the default trainer's and a synchronous
-trainer's test accuracy on the digits, what a callback and `validation_data` saw, and a
-Spark ML pipeline's predictions before and after a save and load.
+process of its own and reads the one JSON line it prints: the backend of the driver and of
+the workers, the default trainer's and a synchronous trainer's test accuracy on the digits,
+what a callback and `validation_data` saw, and a Spark ML pipeline's predictions before and
+after a save and load. The script builds its local[2] session first and only then picks its
+backend (as a notebook may): the executors must follow the driver, not the environment
+their JVM was started with.
 """
 
 import argparse
@@ -13,7 +15,6 @@ import os
 import sys
 import time
 
-import keras
 import numpy as np
 
 from distkeras import predictors
@@ -25,6 +26,8 @@ from distkeras.trainers import AveragingTrainer, make_trainer
 
 
 def mlp():
+    import keras
+
     model = keras.Sequential(
         [
             keras.Input((64,)),
@@ -42,22 +45,28 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
 
 
-class Seen(keras.callbacks.Callback):
-    """Counts batch hooks and keeps the epoch logs' keys."""
+def seen_callback():
+    """A callback that counts batch hooks and keeps the epoch logs' keys."""
+    import keras
 
-    def __init__(self):
-        super().__init__()
-        self.batches = 0
-        self.keys = set()
+    class Seen(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.batches = 0
+            self.keys = set()
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.keys.update(logs or {})
+        def on_epoch_end(self, epoch, logs=None):
+            self.keys.update(logs or {})
+
+    return Seen()
 
 
 def default_trainer(digits, epochs: int) -> dict:
+    import keras
+
     (x, y), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
     model = mlp()
@@ -69,10 +78,12 @@ def default_trainer(digits, epochs: int) -> dict:
 
 def synchronous_trainer(digits, epochs: int) -> dict:
     """Averaging with validation_data, a callback and sample weights (class 0 weighs 0)."""
+    import keras
+
     (x, y), (x_test, y_test) = digits
     keras.utils.set_random_seed(1)
     model = mlp()
-    seen = Seen()
+    seen = seen_callback()
     trainer = AveragingTrainer(model, num_workers=2, seed=1)
     history = trainer.fit(
         x,
@@ -96,6 +107,7 @@ def synchronous_trainer(digits, epochs: int) -> dict:
 
 def pipeline(spark, digits, epochs: int, path: str) -> dict:
     """KerasEstimator in a Pipeline, KerasModel.transform, then the pipeline saved and loaded."""
+    import keras
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.functions import array_to_vector
 
@@ -123,13 +135,17 @@ def pipeline(spark, digits, epochs: int, path: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", required=True, help="the driver's Keras backend")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--path", required=True, help="a folder for the saved pipeline")
     args = parser.parse_args()
     started = time.monotonic()
     spark = get_spark_session("local[2]", app_name="distkeras-backend-job")
+    os.environ["KERAS_BACKEND"] = args.backend  # after the session: its executors run another
+    import keras
+
     digits = load_digits()
-    result = {"driver_backend": keras.backend.backend(), "env": os.environ.get("KERAS_BACKEND")}
+    result = {"driver_backend": keras.backend.backend()}
     seconds = {"session": time.monotonic() - started}
     for name, check in (
         ("default", lambda: default_trainer(digits, args.epochs)),
