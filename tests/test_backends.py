@@ -106,6 +106,13 @@ def test_jax_driver_and_workers(jax_run):
     print("JAX job phases (s):", jax_run["seconds"])
 
 
+def test_jax_windows_carry_the_optimizer_state(jax_run):
+    assert jax_run["window_steps"] == [4, 2, 2, 3], jax_run
+    assert jax_run["window_difference"] < 1e-5, jax_run  # float32 sums in another order
+    assert jax_run["window_iterations"] == 7, jax_run
+    assert jax_run["window_logs"] == ["accuracy", "loss"], jax_run
+
+
 def test_jax_default_trainer_reaches_the_accuracy_floor(jax_run):
     # Measured 0.94 on the digits after 8-10 epochs (TensorFlow: the same); chance is 0.10.
     assert jax_run["default_accuracy"] >= 0.85, jax_run
