@@ -14,12 +14,13 @@ from pathlib import Path
 
 from distkeras.algorithms import registry
 from distkeras.errors import DistKerasError
-from distkeras.quiet import import_keras
+from distkeras.quiet import BACKEND_ENV, import_keras
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
 
 FORMATS = ("parquet", "csv")
+BACKENDS = ("tensorflow", "jax", "torch")  # what KERAS_BACKEND takes
 _ASSEMBLED = "__distkeras_features"
 
 
@@ -211,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--epochs", type=_positive_int, default=10, help="passes over the data")
     demo.add_argument("--workers", type=_positive_int, default=2, help="parallel workers")
+    demo.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="Keras backend of the driver and the workers (default: KERAS_BACKEND or Keras' "
+        "own choice; docs/backends.md)",
+    )
     _add_spark_options(demo)
     return parser
 
@@ -419,6 +427,8 @@ def main(argv=None) -> int:
     """Runs `distkeras COMMAND ...`; returns the exit code (2 for bad options or paths)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "backend", None):  # before Keras is imported: it fixes its backend then
+        os.environ[BACKEND_ENV] = args.backend
     import_keras()  # before Spark and the model: without TensorFlow's start-up chatter
     try:
         return COMMANDS[args.command](args)

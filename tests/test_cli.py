@@ -147,6 +147,17 @@ def test_features_col_takes_spaces_or_commas():
     assert parse(common).features_col == ["features"]
 
 
+def test_demo_takes_a_keras_backend(capsys):
+    from distkeras.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["demo", "--backend", "jax"]).backend == "jax"
+    assert parse(["demo"]).backend is None  # KERAS_BACKEND or Keras' own choice
+    with pytest.raises(SystemExit):
+        parse(["demo", "--backend", "theano"])
+    assert "invalid choice: 'theano'" in capsys.readouterr().err
+
+
 def bad_inputs(files, tmp):
     model, parquet = files / "model.keras", files / "data.parquet"
     train = ["train", "--data", parquet, "--model", model, "--output", tmp / "o.keras"]
