@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from distkeras import data
+from distkeras.executor.devices import task_devices
 from distkeras.executor.model_cache import MODELS
 from distkeras.executor.threads import configure_threads
 from distkeras.model_spec import ModelSpec
@@ -40,6 +41,8 @@ class InferencePlan:
         compiled: build the model compiled (needed by evaluate, not by predict).
         threads: TensorFlow threads per Python worker (Spark's cpus per task).
         custom_objects: classes and functions the model refers to by name.
+        allow_cpu_fallback: run on the CPU when Spark gave GPUs that TensorFlow cannot see
+            (executor.devices.task_devices); False: fail naming them.
     """
 
     spec: ModelSpec
@@ -51,15 +54,17 @@ class InferencePlan:
     compiled: bool = False
     threads: int = 1
     custom_objects: dict | None = None
+    allow_cpu_fallback: bool = False
 
 
 def cached_model(plan: InferencePlan):
     """The plan's model, built on first use in this process and kept for the next batches.
 
     The cache holds the last few models by fingerprint, so a process that serves several
-    models (a cross-validation, say) does not keep all of them.
+    models (a cross-validation, say) does not keep all of them. Every task first makes its
+    own GPUs (Spark's) the visible ones: a reused Python worker serves tasks given others.
     """
-
+    task_devices(plan.allow_cpu_fallback)  # once per task; before TensorFlow lists devices
     built = []
 
     def build():

@@ -20,6 +20,7 @@ import numpy as np
 
 from distkeras.algorithms.base import Algorithm
 from distkeras.errors import WorkerError
+from distkeras.executor.devices import task_devices
 from distkeras.executor.hosted import HostedServer, ServerPlan
 from distkeras.executor.threads import configure_threads
 from distkeras.model_spec import ModelSpec
@@ -30,7 +31,9 @@ SUMMARY_SCHEMA = (
     "worker long, rows long, first_epoch long, samples long, commits long, seconds double, "
     "spill_bytes long, memory_growth long, "
     "learning_rates array<double>, "  # the rate at the end of each epoch; NaN: a schedule's
-    "pid long"  # the Python worker's process: Spark reuses it (and its built model) across fits
+    "pid long, "  # the Python worker's process: Spark reuses it (and its built model) across fits
+    "host string, devices string, gpu_addresses array<string>, cuda_visible_devices string, "
+    "visible_devices array<string>"  # executor.devices.TaskDevices.summary
 )
 
 
@@ -61,6 +64,8 @@ class WorkerPlan:
         steps_per_epoch: this worker's batches per epoch, or None for all its rows.
         direct: the rows come over the connection to the server (`Client.shard`), not
             from the partition, which is then empty.
+        allow_cpu_fallback: train on the CPU when Spark gave GPUs that TensorFlow cannot
+            see (executor.devices.task_devices); False: fail naming them.
     """
 
     model: ModelSpec
@@ -86,6 +91,7 @@ class WorkerPlan:
     steps_per_epoch: int | None = None
     require_encryption: bool = False
     direct: bool = False
+    allow_cpu_fallback: bool = False
 
     @property
     def columns(self) -> list[str]:
@@ -135,6 +141,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     from distkeras.ps.client import Client
 
     started = time.monotonic()
+    devices = task_devices(plan.allow_cpu_fallback)  # before TensorFlow lists its devices
     configure_threads(plan.threads)
     model, runner = model_and_runner(
         plan.model, plan.custom_objects, plan.batch_size, lambda m: WindowRunner(m, plan.batch_size)
@@ -158,6 +165,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         "memory_growth": growth.bytes(),
         "learning_rates": rates,
         "pid": os.getpid(),
+        **devices.summary(),
     }
 
 

@@ -23,7 +23,9 @@ def import_keras(batches):
     """`mapInArrow` function: imports Keras (and TensorFlow) in this Python worker."""
     from distkeras.quiet import import_tensorflow
 
-    import_tensorflow()  # the import is the point; without TensorFlow's start-up chatter
+    # The import is the point, without TensorFlow's start-up chatter; not its devices: each
+    # task chooses those (executor.devices), and TensorFlow reads the choice only once.
+    import_tensorflow(devices=False)
     import pyarrow as pa
 
     for _ in batches:
