@@ -43,6 +43,7 @@ def make_plan(
     compiled: bool = False,
     threads: int = 1,
     custom_objects: dict | None = None,
+    allow_cpu_fallback: bool = False,
 ) -> InferencePlan:
     """Captures `model` for the executors (see `InferencePlan`)."""
     spec = (
@@ -66,6 +67,7 @@ def make_plan(
         compiled=compiled,
         threads=threads,
         custom_objects=custom_objects,
+        allow_cpu_fallback=validation.flag("allow_cpu_fallback", allow_cpu_fallback),
     )
 
 
@@ -177,6 +179,7 @@ def add_predictions(
     batch_size: int = 4096,
     custom_objects: dict | None = None,
     argument: str = "features_col",
+    allow_cpu_fallback: bool = False,
 ):
     """Appends the model's output (and the derived prediction) to `df`, lazily.
 
@@ -192,6 +195,8 @@ def add_predictions(
         batch_size: rows per model call on the executors.
         custom_objects: classes and functions the model refers to by name.
         argument: the name of the feature-column argument, for error messages.
+        allow_cpu_fallback: run on the CPU when Spark gave a task GPUs that TensorFlow
+            cannot see; False: such a task fails naming them.
 
     Returns:
         A DataFrame with the new columns; the model runs when it is evaluated.
@@ -225,6 +230,7 @@ def add_predictions(
         batch_size,
         threads=task_cpus(df.sparkSession),
         custom_objects=custom_objects,
+        allow_cpu_fallback=allow_cpu_fallback,
     )
 
     def predict(features):
@@ -255,12 +261,14 @@ def evaluate_frame(
     label_cols: Sequence[str],
     batch_size: int = 4096,
     custom_objects: dict | None = None,
+    allow_cpu_fallback: bool = False,
 ) -> dict[str, float]:
     """Evaluates the compiled model on `df` on the executors; returns its metrics.
 
     Each partition accumulates the compiled metrics' state (totals, counts, confusion
     counts), the driver merges the states and reads the results: the figures are those of
     `model.evaluate` on all rows, for additive metrics (AUC and precision included).
+    `allow_cpu_fallback` as in `add_predictions`.
 
     Raises:
         ValueError: if the model is not compiled, the DataFrame is empty, or a column does
@@ -282,6 +290,7 @@ def evaluate_frame(
         compiled=True,
         threads=task_cpus(df.sparkSession),
         custom_objects=custom_objects,
+        allow_cpu_fallback=allow_cpu_fallback,
     )
     labels = list(label_cols)
     frame = data.columnar_frame(df, list(feature_cols) + labels)

@@ -36,6 +36,8 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
         outputCol: the output column (the model's output, an ML DenseVector).
         rawPredictionCol: the per-class scores column (classifiers).
         inferenceBatchSize: rows per prediction batch.
+        allowCpuFallback: predict on the CPU when Spark gives a task GPUs that TensorFlow
+            cannot see; False: such a task fails, naming them (docs/cluster.md, GPUs).
     """
 
     @keyword_only
@@ -49,6 +51,7 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
         outputCol: str = "output",
         rawPredictionCol: str = "rawPrediction",
         inferenceBatchSize: int = 4096,
+        allowCpuFallback: bool = False,
     ):
         super().__init__()
         kwargs = dict(self._input_kwargs)
@@ -65,6 +68,7 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
         outputCol: str | None = None,
         rawPredictionCol: str | None = None,
         inferenceBatchSize: int | None = None,
+        allowCpuFallback: bool | None = None,
     ):
         """Sets the given Params (and the model); None restores a Param's default."""
         return self._apply_params(self._input_kwargs)
@@ -79,6 +83,7 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
             raw_prediction_col=self.getRawPredictionCol(),
             batch_size=self.getInferenceBatchSize(),
             argument="featuresCol",
+            allow_cpu_fallback=self.getAllowCpuFallback(),
         )
 
     # ------------------------------------------------------------- persistence

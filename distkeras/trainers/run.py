@@ -201,6 +201,7 @@ class TrainingRun:
             first_epoch=plan.first_epoch,
             hosted=self.hosted,
             direct=self._direct(),
+            allow_cpu_fallback=plan.allow_cpu_fallback,
         )
 
     # ----------------------------------------------------------------- the end
