@@ -26,11 +26,12 @@ from .jobs.faults import exchange_fault, plan_with
 JOB = Path(__file__).parent / "jobs" / "train_job.py"
 
 
-def run_job(*args, timeout=600):
-    """Runs tests/jobs/train_job.py in its own process; returns (returncode, JSON result)."""
+def run_job(*args, timeout=600, job=JOB.name):
+    """Runs tests/jobs/<job> (train_job.py) in its own process; returns (returncode, JSON
+    result)."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     done = subprocess.run(
-        [sys.executable, str(JOB), *args],
+        [sys.executable, str(JOB.parent / job), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
