@@ -27,7 +27,7 @@ RESOURCE = "gpu"  # Spark's resource name (spark.task.resource.gpu.amount)
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 REUSE_HINT = (
     "Set spark.python.worker.reuse=false for GPU jobs (with the executor daemon "
-    "distkeras.executor_daemon a fresh Python worker costs little; docs/cluster.md, GPUs)."
+    "distkeras.executor.daemon a fresh Python worker costs little; docs/cluster.md, GPUs)."
 )
 
 
