@@ -189,6 +189,7 @@ def test_unfitted_pipeline_saves_and_loads(tmp_path):
         epochs=3,
         communicationWindow=4,
         trainerParams={"rho": 2.0, "learning_rate": 0.05},
+        allowCpuFallback=True,
     )
     path = str(tmp_path / "unfitted")
     Pipeline(stages=[VectorAssembler(inputCols=["a"], outputCol="features"), estimator]).save(path)
@@ -197,6 +198,7 @@ def test_unfitted_pipeline_saves_and_loads(tmp_path):
     assert loaded.getTrainer() == "aeasgd"
     assert loaded.getTrainerParams() == {"rho": 2.0, "learning_rate": 0.05}
     assert loaded.getEpochs() == 3 and loaded.getCommunicationWindow() == 4
+    assert loaded.getAllowCpuFallback() is True
     assert loaded.getLoss() == "binary_crossentropy"
     optimizer = keras.optimizers.get(loaded.getOptimizer())
     assert isinstance(optimizer, keras.optimizers.SGD)
@@ -231,6 +233,7 @@ def test_params_defaults_setters_and_copy():
         1,
     )
     assert estimator.getCommunicationWindow() is None and estimator.getLoss() is None
+    assert estimator.getAllowCpuFallback() is False  # GPUs given but not seen: fail
     assert estimator.getOutputCol() == "output" and estimator.getPredictionCol() == "prediction"
     estimator.setParams(trainer="DOWNPOUR", communicationWindow=3, batchSize=64)
     assert estimator.getTrainer() == "downpour" and estimator.getCommunicationWindow() == 3
