@@ -43,7 +43,8 @@ setup(
         "pandas>=2.0,<3",  # PySpark warns that pandas 3 is not yet supported
         # Poly1305 frame tags, X25519 and AES-256-GCM of the parameter server's sessions:
         # OpenSSL's primitives, not home-made ones.
-        "cryptography>=41",
+        # 47: AESGCM.encrypt_into / decrypt_into, which the sealed records are written with.
+        "cryptography>=47",
     ],
     extras_require={"test": TEST, "examples": EXAMPLES, "docs": DOCS, "connect": CONNECT},
     entry_points={"console_scripts": ["distkeras=distkeras.cli:main"]},

@@ -13,6 +13,7 @@ import enum
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -335,10 +336,12 @@ def _check_specs(value: Any, key: str, max_arrays: int) -> int:
     return total
 
 
+_HEX = re.compile(r"[0-9a-f]*")
+
+
 def _check_hex(value: Any, key: str, nbytes: int) -> None:
+    """Strict: exactly 2 * nbytes lowercase hexadecimal digits (no spaces, no case games)."""
     if not isinstance(value, str) or len(value) != 2 * nbytes:
         raise ProtocolError(f"metadata field {key!r} must be {nbytes} bytes in hex")
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        raise ProtocolError(f"metadata field {key!r} is not hexadecimal") from None
+    if not _HEX.fullmatch(value):
+        raise ProtocolError(f"metadata field {key!r} is not lowercase hexadecimal")
