@@ -628,3 +628,25 @@ def test_leave_is_harmless_in_async_mode(ps):
         client.leave()
         client.commit(delta(1))
     assert_center(ps, 1, 1)
+
+
+def test_a_cut_connection_detaches_a_round_worker_and_its_reconnect_commits_the_round():
+    """Worker 1's task dies (no GOODBYE, no LEAVE) and is retried: the round waits for it and
+    completes with its reconnect's commit, instead of going on without it for good."""
+    with round_server(num_workers=2) as ps:
+        dying = connect(ps, worker_id=1)
+        dying.sock.close()  # the task's process is gone
+        results = {}
+        first = threading.Thread(target=lambda: results.update(w0=commit_round(ps, 0)))
+        first.start()
+        results["w1"] = commit_round(ps, 1)  # the retry
+        first.join(10)
+        assert not first.is_alive()
+        assert ps.num_updates == 2  # one round of both commits
+        for arrays in results.values():
+            np.testing.assert_array_equal(arrays[0], 4)
+
+
+def commit_round(ps, worker_id):
+    with Client(ps.address, ps.secret, worker_id, timeout=10, connect_timeout=5) as client:
+        return client.commit_and_pull(delta(4))

@@ -620,8 +620,9 @@ class ParameterServer:
                 msg = conn.stream.read(self._limits, validate, conn.buffer_for)
                 conn.stream.deadline = None
                 conn.sock.settimeout(self._session_timeout)  # the reply's sends
-                if msg.type is MsgType.GOODBYE:
+                if msg.type is MsgType.GOODBYE:  # an authenticated close: the worker is done
                     logger.debug("worker %s said goodbye", conn.worker_id)
+                    self._center.depart(conn.worker_id)
                     return
                 reply = self._handlers[msg.type](conn, msg)
             except (MessageRejected, Refused) as exc:
