@@ -344,7 +344,8 @@ def test_client_authenticates_the_server_too():
         sock, _ = listener.accept()
         with sock:
             stream = Stream(sock)
-            stream.send(MsgType.CHALLENGE, {"nonce": handshake.new_nonce(), "sealed": False})
+            key = handshake.KeyShare().nonce  # v4: the challenge announces the server's key
+            stream.send(MsgType.CHALLENGE, {"nonce": key, "sealed": False, "server_key": key})
             read(stream)
             welcome = {"digest": "00" * 32, "clock": 0, "center": [], "round_mode": False}
             stream.send(MsgType.WELCOME, welcome)

@@ -66,6 +66,8 @@ class WorkerPlan:
             from the partition, which is then empty.
         allow_cpu_fallback: train on the CPU when Spark gave GPUs that TensorFlow cannot
             see (executor.devices.task_devices); False: fail naming them.
+        server_key: the server's public key, pinned by every worker (for a server in the
+            cluster, the one worker 0 shares); None: the secret alone.
     """
 
     model: ModelSpec
@@ -92,6 +94,7 @@ class WorkerPlan:
     require_encryption: bool = False
     direct: bool = False
     allow_cpu_fallback: bool = False
+    server_key: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -116,8 +119,9 @@ def train_partition(plan: WorkerPlan, batches):
         if plan.hosted is None:
             summary = _train(plan, worker_id, batches)
         else:
-            with HostedServer(plan, context) as address:
-                summary = _train(dataclasses.replace(plan, address=address), worker_id, batches)
+            with HostedServer(plan, context) as (address, server_key):
+                hosted = dataclasses.replace(plan, address=address, server_key=server_key)
+                summary = _train(hosted, worker_id, batches)
     except Exception as error:
         raise WorkerError(f"worker {worker_id} failed: {describe(error)}") from error
     # Spark reuses a Python worker (and its imports) only if it read all its input.
@@ -153,6 +157,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         worker_id=worker_id,
         timeout=plan.timeout,
         require_encryption=plan.require_encryption,
+        server_key=plan.server_key,
     ) as client:
         rows = _shard_batches(client, plan.columns) if plan.direct else batches
         with SpillSource(rows, plan.columns) as source:

@@ -131,6 +131,7 @@ class TrainingRun:
             plan.worker_timeout,
             encryption=encryption,
             session_timeout=session_timeout,
+            observer_key=remote.observer_key,
         )
         return remote
 
@@ -185,6 +186,8 @@ class TrainingRun:
             address=self.server.advertised_address,
             secret=self.server.secret,
             require_encryption=self.server.encrypted,
+            # Pinned by the workers; a server in the cluster shares its own key (HostedServer).
+            server_key=None if self.hosted is not None else self.server.public_key,
             feature_cols=train.features,
             label_cols=train.labels,
             input_shapes=list(plan.input_shapes),

@@ -35,7 +35,9 @@ from distkeras.ps.wire.protection import (
 from distkeras.ps.wire.schema import (
     CLIENT_HANDSHAKE_LIMITS,
     HANDSHAKE_LIMITS,
+    LOWER_HEX,
     NONCE_SIZE,
+    OBSERVER_ID,
     Limits,
     Message,
     MsgType,
@@ -47,6 +49,7 @@ MIN_SECRET = 16  # bytes
 _CLIENT_LABEL = b"distkeras-client|"
 _SERVER_LABEL = b"distkeras-server|"
 _SESSION_LABEL = b"distkeras-session|"
+_KEYS_LABEL = b"distkeras-keys|"
 TRANSCRIPT_LABEL = b"distkeras wire protocol v4"
 
 Admit = Callable[[int], dict[str, Any]]
@@ -74,7 +77,8 @@ def new_nonce() -> str:
 
 
 class KeyShare:
-    """A fresh ephemeral X25519 key pair; `nonce` is its public key, hex-encoded."""
+    """A fresh X25519 key pair; `nonce` is its public key, hex-encoded: a side's ephemeral
+    share of one handshake, or a static key (the server's, the driver's observer's)."""
 
     def __init__(self) -> None:
         self._private = X25519PrivateKey.generate()
@@ -98,6 +102,27 @@ class KeyShare:
 
 
 # ----------------------------------------------------------------------------- digests, keys
+
+
+def check_public_key(key: Any, name: str) -> None:
+    """Checks an X25519 public key given as 64 lowercase hex digits.
+
+    Raises:
+        ValueError: Anything else.
+    """
+    if not (isinstance(key, str) and len(key) == 2 * NONCE_SIZE and LOWER_HEX.fullmatch(key)):
+        raise ValueError(
+            f"Expected `{name}` to be an X25519 public key as 64 lowercase hex digits. "
+            f"Received: {name}={key!r:.80}"
+        )
+
+
+def proof_key(secret: bytes, server_shared: bytes, observer_shared: bytes = b"") -> bytes:
+    """The key of a handshake's digests and session keys: the run's secret, with what the
+    server's static key (and an observer's, when the server pins one) agreed with the
+    other side's share, so that proving the secret alone proves neither role."""
+    message = _KEYS_LABEL + server_shared + observer_shared
+    return hmac.new(secret, message, hashlib.sha256).digest()
 
 
 def transcript_hash(*frames: bytes) -> bytes:
@@ -211,7 +236,14 @@ def _read_recorded(stream: Stream, limits: Limits) -> tuple[Message, bytes]:
 # ----------------------------------------------------------------------------- both halves
 
 
-def serve_handshake(stream: Stream, secret: bytes, admit: Admit, encrypt: bool = False) -> int:
+def serve_handshake(
+    stream: Stream,
+    secret: bytes,
+    admit: Admit,
+    encrypt: bool = False,
+    static: KeyShare | None = None,
+    observer_key: str | None = None,
+) -> int:
     """The server's half: challenge, check the answer, admit the worker, prove itself.
 
     Args:
@@ -219,65 +251,96 @@ def serve_handshake(stream: Stream, secret: bytes, admit: Admit, encrypt: bool =
         secret: The shared HMAC key.
         admit: Called with the authenticated worker id; returns the WELCOME fields (clock,
             center layout, ...) or raises `ProtocolError` to refuse the worker.
-        encrypt: Seal the session: each side's nonce is then its ephemeral X25519 public
-            key, so that the digests authenticate the key agreement.
+        encrypt: Seal the session with keys from the two ephemeral shares (the nonces).
+        static: The server's static key (its public half is what clients pin); a fresh one
+            when None.
+        observer_key: The public key the observer (`OBSERVER_ID`) must hold; None: the
+            observer proves the secret only.
 
     Returns:
         The authenticated worker id.
 
     Raises:
-        AuthenticationError: Wrong secret.
+        AuthenticationError: Wrong secret, or an observer without the pinned key.
         ProtocolError: Anything else unexpected.
     """
-    share = KeyShare() if encrypt else None
-    nonce = share.nonce if share else new_nonce()
-    challenge = _send_recorded(stream, MsgType.CHALLENGE, {"nonce": nonce, "sealed": encrypt})
+    static = static or KeyShare()
+    share = KeyShare()
+    meta = {"nonce": share.nonce, "sealed": encrypt, "server_key": static.nonce}
+    challenge = _send_recorded(stream, MsgType.CHALLENGE, meta)
     msg, response = _read_recorded(stream, HANDSHAKE_LIMITS)
     if msg.type is not MsgType.RESPONSE:
         raise ProtocolError(f"expected RESPONSE during the handshake, got {msg.type.name}")
     worker_id, client_nonce = msg.meta["worker_id"], msg.meta["nonce"]
-    expected = client_digest(secret, transcript_hash(challenge), client_nonce, worker_id)
-    verify_digest(expected, msg.meta["digest"], "client")
+    observer = worker_id == OBSERVER_ID and observer_key is not None
+    key = proof_key(
+        secret,
+        static.shared_secret(client_nonce),
+        share.shared_secret(observer_key) if observer else b"",
+    )
+    expected = client_digest(key, transcript_hash(challenge), client_nonce, worker_id)
+    who = "the observer (its key or the secret)" if observer else "client"
+    verify_digest(expected, msg.meta["digest"], who)
     transcript = transcript_hash(challenge, response)
-    stream.protect(session_protection(secret, transcript, share, client_nonce, server=True))
+    sealing = share if encrypt else None
+    stream.protect(session_protection(key, transcript, sealing, client_nonce, server=True))
     welcome = admit(worker_id)
-    stream.send(MsgType.WELCOME, {**welcome, "digest": server_digest(secret, transcript)})
+    stream.send(MsgType.WELCOME, {**welcome, "digest": server_digest(key, transcript)})
     return worker_id
 
 
 def answer_handshake(
-    stream: Stream, secret: bytes, worker_id: int, require_encryption: bool = False
+    stream: Stream,
+    secret: bytes,
+    worker_id: int,
+    require_encryption: bool = False,
+    server_key: str | None = None,
+    identity: KeyShare | None = None,
 ) -> Message:
     """The client's half: answer the challenge, challenge back, check the server's proof.
     The session is encrypted when the server's challenge says so.
 
     Args:
         require_encryption: Refuse a server that does not encrypt.
+        server_key: The server's public key to pin: refuse a server with another (one that
+            knows the run's secret but is not the run's server). None: accept the key the
+            server announces.
+        identity: The observer's static key, when the server pins one.
 
     Returns:
         The server's WELCOME.
 
     Raises:
-        AuthenticationError: Either side failed the challenge.
+        AuthenticationError: Either side failed the challenge, or the server's key is not
+            the pinned one.
         DistKerasError: The server refused this worker.
         ProtocolError: Anything else unexpected.
     """
     reply, challenge = _read_recorded(stream, CLIENT_HANDSHAKE_LIMITS)
     meta = check_reply(reply, MsgType.CHALLENGE, "the handshake").meta
-    server_nonce, sealed = meta["nonce"], meta["sealed"]
+    server_nonce, sealed, announced = meta["nonce"], meta["sealed"], meta["server_key"]
+    if server_key is not None and not hmac.compare_digest(announced, server_key):
+        raise AuthenticationError(
+            "the parameter server's key is not the pinned one: not the run's server"
+        )
     if require_encryption and not sealed:
         raise AuthenticationError(
             "the parameter server does not encrypt, but this client requires encryption"
         )
-    share = KeyShare() if sealed else None
-    nonce = share.nonce if share else new_nonce()
+    share = KeyShare()
+    key = proof_key(
+        secret,
+        share.shared_secret(announced),
+        identity.shared_secret(server_nonce) if identity is not None else b"",
+    )
     response = {
-        "digest": client_digest(secret, transcript_hash(challenge), nonce, worker_id),
-        "nonce": nonce,
+        "digest": client_digest(key, transcript_hash(challenge), share.nonce, worker_id),
+        "nonce": share.nonce,
         "worker_id": worker_id,
     }
     transcript = transcript_hash(challenge, _send_recorded(stream, MsgType.RESPONSE, response))
-    stream.protect(session_protection(secret, transcript, share, server_nonce, server=False))
+    sealing = share if sealed else None
+    stream.protect(session_protection(key, transcript, sealing, server_nonce, server=False))
     # A server refusing our answer says so before the session has keys: in a plain ERROR.
     protection = AllowPlainRefusal(stream.protection)
     try:
@@ -285,5 +348,5 @@ def answer_handshake(
     except AuthenticationError as exc:
         raise AuthenticationError(f"parameter server failed the handshake: {exc}") from None
     welcome = check_reply(reply, MsgType.WELCOME, "the handshake")
-    verify_digest(server_digest(secret, transcript), welcome.meta["digest"], "parameter server")
+    verify_digest(server_digest(key, transcript), welcome.meta["digest"], "parameter server")
     return welcome
