@@ -13,6 +13,14 @@ CONNECT = ["pyspark[connect]>=4.0"]
 TENSORBOARD = ["tensorboard>=2.16"]
 # The package's import contracts (.importlinter), checked by tests/test_layout.py.
 LAYOUT = ["import-linter>=2.0"]
+# distkeras.integrations.mlflow: one MLflow run per distributed fit, a servable logged model.
+# The skinny client serves a Keras model through pyfunc and spark_udf (checked in
+# tests/test_mlflow.py): the full `mlflow` would add its server, UI and plotting stack.
+# SQLAlchemy and Alembic are its SQLite tracking store, the embedded default (the file
+# store is in maintenance mode and refuses to start unless opted in).
+MLFLOW = ["mlflow-skinny>=3.0", "sqlalchemy>=1.4", "alembic>=1.8"]
+# distkeras.integrations.optuna and examples/tuning.ipynb: trials as distributed fits.
+TUNING = ["optuna>=3.0"]
 TEST = [
     "pytest>=8",
     "hypothesis>=6",
@@ -23,6 +31,8 @@ TEST = [
     *CONNECT,
     *TENSORBOARD,
     *LAYOUT,
+    *MLFLOW,
+    *TUNING,
 ]
 
 setup(
@@ -46,6 +56,13 @@ setup(
         # 47: AESGCM.encrypt_into / decrypt_into, which the sealed records are written with.
         "cryptography>=47",
     ],
-    extras_require={"test": TEST, "examples": EXAMPLES, "docs": DOCS, "connect": CONNECT},
+    extras_require={
+        "test": TEST,
+        "examples": EXAMPLES,
+        "docs": DOCS,
+        "connect": CONNECT,
+        "mlflow": MLFLOW,
+        "tuning": TUNING,
+    },
     entry_points={"console_scripts": ["distkeras=distkeras.cli:main"]},
 )

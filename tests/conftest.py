@@ -103,3 +103,33 @@ def jobs_started(spark, action) -> list[int]:
     finally:
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     return spark.sparkContext.statusTracker().getJobIdsForGroup(group)
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """A real MLflow tracking store for the session: SQLite in a temporary folder (its tables
+    are created once, a few seconds); the previous tracking URI is restored after.
+
+    Yields a function that makes an experiment current by name, creating it with its
+    artifacts in the same folder (by default they would go to ./mlruns).
+    """
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    folder = tmp_path_factory.mktemp("mlflow")
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+
+    def use_experiment(name: str) -> str:
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name, artifact_location=str(folder / name))
+        return mlflow.set_experiment(name).experiment_id
+
+    yield use_experiment
+    mlflow.set_tracking_uri(previous)
+
+
+def two_classes(rows: int = 240, width: int = 8, seed: int = 0):
+    """(x, y): rows of `width` normal features, labelled by the sign of x0 + x1."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, width)).astype("float32")
+    return x, (x[:, 0] + x[:, 1] > 0).astype("int64")

@@ -73,6 +73,25 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
         """Sets the given Params (and the model); None restores a Param's default."""
         return self._apply_params(self._input_kwargs)
 
+    @classmethod
+    def from_mlflow(cls, model_uri: str, custom_objects: dict | None = None, **params):
+        """A KerasModel of a Keras model logged to MLflow (e.g. by a distributed fit).
+
+        Args:
+            model_uri: the logged model: "runs:/<run id>/model", "models:/<id or name>/..."
+                or any URI `mlflow.keras.load_model` takes.
+            custom_objects: classes and functions the model refers to by name.
+            **params: the stage's Params (featuresCol, predictionCol, ...).
+
+        Returns:
+            The KerasModel, without a History.
+        """
+        import mlflow.keras
+
+        return cls(
+            model=mlflow.keras.load_model(model_uri, custom_objects=custom_objects), **params
+        )
+
     def _transform(self, dataset):
         return inference.add_predictions(
             dataset,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from distkeras import data, inputs, validation
+from distkeras import data, inputs, integrations, validation
 from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
 from distkeras.inputs import arrays, labels
@@ -154,6 +154,7 @@ class Trainer:
         self.allow_cpu_fallback = validation.flag("allow_cpu_fallback", allow_cpu_fallback)
         self._imports = None  # the executors' early imports (warmup.start_imports)
         self.history = None
+        self.plan: RunPlan | None = None  # the last fit's decisions (logged by integrations)
         self.parameter_server_stats: dict = {}
         self.worker_summaries: list[dict] = []
         self._training_time = 0.0
@@ -292,7 +293,8 @@ class Trainer:
             sample_weight_col=self.sample_weight_col,
             spark=self._spark,
         )
-        self._run(fit_inputs, options, callbacks, verbose, weights_by_class)
+        with integrations.tracked_fit(self, callbacks) as callbacks:
+            self._run(fit_inputs, options, callbacks, verbose, weights_by_class)
         return self.history
 
     def get_training_time(self) -> float:
@@ -417,7 +419,7 @@ class Trainer:
         threads = self._check_slots(spark)
         imports = self._imports or warmup.start_imports(spark, self.num_workers)
         self._imports = None
-        plan = self._plan(fit_inputs, options, threads, class_weight)
+        plan = self.plan = self._plan(fit_inputs, options, threads, class_weight)
 
         callback_list = _callback_list(callbacks, model, verbose, plan.epochs)
         checkpoints = self.checkpoint_options
