@@ -1,6 +1,6 @@
 """Every notebook runs headless (nbclient) and is committed with its outputs.
 
-Small settings come in through DISTKERAS_EXAMPLE_EPOCHS / DISTKERAS_EXAMPLE_ROWS; each run
+Small settings come in through DISTKERAS_EXAMPLE_EPOCHS / _ROWS / _TRIALS; each run
 pays its own Spark and TensorFlow start-up, so the data are a few hundred rows.
 examples/mnist.py runs under spark-submit in tests/test_cluster.py (standalone master).
 """
@@ -16,7 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
-SMALL = {"DISTKERAS_EXAMPLE_EPOCHS": "1", "DISTKERAS_EXAMPLE_ROWS": "300"}
+SMALL = {
+    "DISTKERAS_EXAMPLE_EPOCHS": "1",
+    "DISTKERAS_EXAMPLE_ROWS": "300",
+    "DISTKERAS_EXAMPLE_TRIALS": "3",
+}
 
 
 def kernel_in_this_python(folder: Path) -> str:
@@ -68,5 +72,5 @@ def test_notebook_is_committed_with_outputs(path):
 
 
 def test_every_example_is_tested():
-    assert {p.stem for p in NOTEBOOKS} >= {"mnist", "algorithms"}
+    assert {p.stem for p in NOTEBOOKS} >= {"mnist", "algorithms", "tuning"}
     assert (EXAMPLES / "mnist.py").exists()
