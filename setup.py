@@ -23,6 +23,8 @@ MLFLOW = ["mlflow-skinny>=3.0", "sqlalchemy>=1.4", "alembic>=1.8"]
 TUNING = ["optuna>=3.0"]
 TEST = [
     "pytest>=8",
+    # A per-test time limit (pytest.ini): a hang fails with a traceback instead of stalling CI.
+    "pytest-timeout>=2.2",
     "hypothesis>=6",
     "ruff>=0.6",
     *EXAMPLES,
