@@ -94,15 +94,40 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(predictions, axis=1) == y))
 
 
+def _probe_job_id(spark, group: str) -> int:
+    """Runs one tiny job in `group` and returns its id."""
+    sc = spark.sparkContext
+    sc.setJobGroup(group, "distkeras tests: job counter")
+    try:
+        sc.parallelize([0], 1).count()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setLocalProperty("spark.job.description", None)
+    (job,) = sc.statusTracker().getJobIdsForGroup(group)
+    return job
+
+
 def jobs_started(spark, action) -> list[int]:
-    """Runs `action` in a job group and returns the ids of the Spark jobs it started."""
-    group = f"distkeras-test-{id(action)}"
-    spark.sparkContext.setJobGroup(group, "bad input")
+    """Runs `action` and returns the ids of the Spark jobs started meanwhile, in any thread.
+
+    Job ids grow by one per job across the whole SparkContext, whatever the thread or job
+    group (the trainers run theirs in background threads under their own group). So a probe
+    job before and one after bound the ids of every job started in between; the after-probe
+    waits for the trainers' job threads (`distkeras-spark-job`), so that a job such a thread
+    was about to submit is counted too.
+    """
+    import threading
+    import uuid
+
+    before = _probe_job_id(spark, f"distkeras-test-{uuid.uuid4().hex}")
     try:
         action()
     finally:
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    return spark.sparkContext.statusTracker().getJobIdsForGroup(group)
+        for thread in threading.enumerate():
+            if thread.name == "distkeras-spark-job":
+                thread.join(60)
+    after = _probe_job_id(spark, f"distkeras-test-{uuid.uuid4().hex}")
+    return list(range(before + 1, after))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ left unchanged, epochs trained, validation rows held out), not only acceptance.
 
 from __future__ import annotations
 
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -49,7 +51,7 @@ def test_zero_weights_leave_the_model_unchanged(spark, rows, zero, some):
     before = model.get_weights()
     ADAG(model, num_workers=2).fit(x, y, epochs=1, verbose=0, **zero)
     assert unchanged(before, model)
-    SingleTrainer(model).fit(x, y, epochs=1, verbose=0, **some)  # weighted rows: it trains
+    ADAG(model, num_workers=2).fit(x, y, epochs=1, verbose=0, **some)  # the positive control
     assert not unchanged(before, model)
 
 
@@ -92,13 +94,20 @@ def test_dataframe_weights_column_and_estimator_weight_col(spark, rows):
     from distkeras.data import numpy_to_frame
 
     x, y = rows
-    frame = numpy_to_frame(spark, {"features": x, "label": y, "w": np.zeros(200)})
+    frame = numpy_to_frame(
+        spark, {"features": x, "label": y, "w": np.zeros(200), "one": np.ones(200)}
+    )
     model = small_model()
     before = model.get_weights()
     SingleTrainer(model, sample_weight_col="w").train(frame)
     assert unchanged(before, model)
     fitted = KerasEstimator(model=model, trainer="single", weightCol="w").fit(frame)
     assert unchanged(before, fitted.getModel())
+    # The positive controls: the same column read, with weights of one, trains.
+    fitted = KerasEstimator(model=model, trainer="single", weightCol="one").fit(frame)
+    assert not unchanged(before, fitted.getModel())
+    SingleTrainer(model, sample_weight_col="one").train(frame)
+    assert not unchanged(before, model)
 
 
 def test_bad_data_is_refused_before_any_spark_job(spark, rows):
@@ -122,6 +131,24 @@ def test_bad_data_is_refused_before_any_spark_job(spark, rows):
             trainer.fit(x, y, validation_splt=0.1)
 
     assert jobs_started(spark, bad_fits) == []
+
+
+def test_the_job_counter_sees_jobs_of_other_threads_and_groups(spark):
+    """The positive control of `jobs_started`: the trainers start their jobs in background
+    threads under their own job group, which a counter of the caller's group cannot see."""
+
+    def in_another_thread():
+        def count():
+            spark.sparkContext.setJobGroup("another-group", "a background job")
+            spark.sparkContext.parallelize([1, 2], 2).count()
+
+        thread = threading.Thread(target=count)
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive()
+
+    assert len(jobs_started(spark, in_another_thread)) == 1
+    assert jobs_started(spark, lambda: None) == []
 
 
 def test_dataframe_labels_are_checked_by_one_aggregate(spark):
