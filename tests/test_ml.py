@@ -14,7 +14,6 @@ from pyspark.ml.evaluation import (
 )
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.ml.functions import array_to_vector
-from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 
 from distkeras.executor.model_cache import MODELS
 from distkeras.ml import KerasEstimator, KerasModel, trainer_names
@@ -157,26 +156,6 @@ def test_regression_pipeline(spark):
     assert "rawPrediction" not in result.columns
     assert RegressionEvaluator(metricName="r2").evaluate(result) >= 0.3
     assert RegressionEvaluator(metricName="rmse").evaluate(result) <= 0.65
-
-
-def test_cross_validator_over_epochs(tiny):
-    model = dense(4, (8,), 2, "softmax", "sparse_categorical_crossentropy", "adam")
-    weights = [w.copy() for w in model.get_weights()]
-    estimator = KerasEstimator(model=model, trainer="single", batchSize=16)
-    grid = ParamGridBuilder().addGrid(estimator.epochs, [1, 3]).build()
-    cv = CrossValidator(
-        estimator=estimator,
-        estimatorParamMaps=grid,
-        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"),
-        numFolds=2,
-        seed=5,
-    )
-    fitted = cv.fit(tiny)
-    assert len(fitted.avgMetrics) == 2
-    assert isinstance(fitted.bestModel, KerasModel)
-    assert len(fitted.bestModel.history.epoch) in (1, 3)
-    for before, after in zip(weights, model.get_weights()):
-        np.testing.assert_array_equal(before, after)  # fit trains a copy
 
 
 def test_unfitted_pipeline_saves_and_loads(tmp_path):
