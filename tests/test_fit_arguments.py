@@ -82,6 +82,66 @@ def test_validation_split_holds_out_the_last_tenth(spark, rows):
     np.testing.assert_array_equal(prepared.train.held["__distkeras_y0"], y[:180])
 
 
+class ValidationBatches(keras.utils.PyDataset):
+    """`x`, `y` in two batches."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        rows = slice(index * len(self.x) // 2, (index + 1) * len(self.x) // 2)
+        return self.x[rows], self.y[rows]
+
+
+@pytest.mark.parametrize("form", ["triple", "dataset", "pydataset"])
+def test_validation_data_in_each_form_overrides_validation_split(spark, rows, form):
+    """(x, y, sample_weight), a dataset and a PyDataset are the validation rows, and every
+    training row trains: validation_split is ignored, as in Keras."""
+    x, y = rows
+    x_val, y_val, w_val = x[:30] + 1.0, y[:30], np.linspace(0.0, 1.0, 30, dtype=np.float32)
+    validation_data = {
+        "triple": (x_val, y_val, w_val),
+        "dataset": tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(8),
+        "pydataset": ValidationBatches(x_val, y_val),
+    }[form]
+    prepared = inputs.prepare(
+        small_model(),
+        x,
+        y,
+        options=FitOptions(epochs=1, validation_split=0.5),
+        validation_data=validation_data,
+        spark=lambda: spark,
+    )
+    np.testing.assert_array_equal(prepared.train.held["__distkeras_y0"], y)  # all 200 rows
+    np.testing.assert_array_equal(np.asarray(prepared.validation.x), x_val)
+    np.testing.assert_array_equal(np.asarray(prepared.validation.y), y_val)
+    if form == "triple":
+        np.testing.assert_array_equal(prepared.validation.sample_weight, w_val)
+
+
+def test_per_output_sample_weights_are_refused_naming_the_argument(spark, rows):
+    x, y = rows
+    inputs_ = keras.Input((4,))
+    model = keras.Model(
+        inputs_,
+        [
+            keras.layers.Dense(3, activation="softmax", name="a")(inputs_),
+            keras.layers.Dense(3, activation="softmax", name="b")(inputs_),
+        ],
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    trainer = SingleTrainer(model)
+    weights = {"a": np.ones(200), "b": np.ones(200)}
+    with pytest.raises(TypeError, match="Expected `sample_weight` to be one weight per row"):
+        trainer.fit(x, {"a": y, "b": y}, sample_weight=weights, verbose=0)
+    history = trainer.fit(x, {"a": y, "b": y}, sample_weight=np.ones(200), verbose=0)
+    assert history.epoch == [0]  # one weight per row: accepted
+
+
 def test_validation_steps_and_batch_size():
     x, y = np.random.default_rng(1).random((10, 4)), np.arange(10) % 3
     model = small_model()
