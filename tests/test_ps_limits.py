@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from distkeras.errors import ProtocolError
-from distkeras.ps import protocol, sealing
-from distkeras.ps.protocol import HEADER, MAGIC, TAG_SIZE, VERSION, Limits, MsgType
+from distkeras.ps.wire import framing, handshake
+from distkeras.ps.wire.framing import HEADER, MAGIC, VERSION
+from distkeras.ps.wire.protection import TAG_SIZE, Sealed
+from distkeras.ps.wire.schema import Limits, MsgType, padded
+from distkeras.ps.wire.stream import Stream
+
+from .wire_helpers import parse_frame
 
 LIMITS = Limits(max_metadata=1 << 16, max_payload=1 << 16, max_arrays=4)
 
@@ -21,7 +26,7 @@ def commit(worker_id=0, clock=0, shape=(1,)) -> bytes:
     """An untagged COMMIT frame, its metadata written by hand (the encoder checks too)."""
     spec = {"dtype": "<f4", "shape": list(shape)}
     meta = json.dumps({"worker_id": worker_id, "clock": clock, "arrays": [spec]}).encode()
-    payload = b"\0" * protocol.padded(4 * int(np.prod(shape, dtype=object)))
+    payload = b"\0" * padded(4 * int(np.prod(shape, dtype=object)))
     header = HEADER.pack(MAGIC, VERSION, MsgType.COMMIT, 0, len(meta), len(payload))
     return header + meta + payload
 
@@ -31,17 +36,17 @@ def commit(worker_id=0, clock=0, shape=(1,)) -> bytes:
     [("worker_id", 2**31 - 1), ("clock", 2**63 - 1)],
 )
 def test_integer_fields_accept_their_largest_value_and_refuse_the_next(field, largest):
-    message = protocol.parse_frame(commit(**{field: largest}), LIMITS)
+    message = parse_frame(commit(**{field: largest}), LIMITS)
     assert message.meta[field] == largest
     with pytest.raises(ProtocolError, match=rf"'{field}' must be an integer in \[0, {largest}\]"):
-        protocol.parse_frame(commit(**{field: largest + 1}), LIMITS)
+        parse_frame(commit(**{field: largest + 1}), LIMITS)
 
 
 def test_shapes_have_at_most_32_dimensions():
-    message = protocol.parse_frame(commit(shape=(1,) * 32), LIMITS)
+    message = parse_frame(commit(shape=(1,) * 32), LIMITS)
     assert message.arrays[0].shape == (1,) * 32
     with pytest.raises(ProtocolError, match="at most 32 integers"):
-        protocol.parse_frame(commit(shape=(1,) * 33), LIMITS)
+        parse_frame(commit(shape=(1,) * 33), LIMITS)
 
 
 def sealed_pair():
@@ -49,12 +54,12 @@ def sealed_pair():
     a, b = socket.socketpair()
     a.settimeout(10)
     b.settimeout(10)
-    to_server, to_client = sealing.session_seals(b"s" * 32, b"shared secret of the test")
-    client, server = protocol.Stream(a), protocol.Stream(b)
-    client.seal(to_server, to_client)
-    to_server, to_client = sealing.session_seals(b"s" * 32, b"shared secret of the test")
-    server.seal(to_client, to_server)
-    return client, server
+    to_server, to_client = handshake.session_seals(b"s" * 32, b"shared secret of the test")
+    client, server = Stream(a), Stream(b)
+    client.protect(Sealed(send=to_server, recv=to_client))
+    to_server, to_client = handshake.session_seals(b"s" * 32, b"shared secret of the test")
+    server.protect(Sealed(send=to_client, recv=to_server))
+    return client, server, (to_client, to_server)
 
 
 def test_sealed_payloads_travel_in_records_of_one_mebibyte():
@@ -63,13 +68,13 @@ def test_sealed_payloads_travel_in_records_of_one_mebibyte():
     big = [np.arange(655_360, dtype=np.float32)]  # 2.5 MiB
     limits = Limits.for_specs([(a.dtype.str, a.shape) for a in big])
     meta = {"worker_id": 1, "clock": 0}
-    client, server = sealed_pair()
+    client, server, server_seals = sealed_pair()
     relay, reader = socket.socketpair()
     with client.sock, server.sock, relay, reader:
         sender = threading.Thread(target=client.send, args=(MsgType.COMMIT, meta, big))
         sender.start()
         wire = bytearray()
-        header = protocol.encode(MsgType.COMMIT, meta, big)[0]
+        header = framing.encode(MsgType.COMMIT, meta, big)[0]
         expected = len(header) + TAG_SIZE + big[0].nbytes + 3 * TAG_SIZE
         while len(wire) < expected:
             wire += server.sock.recv(1 << 20)
@@ -82,8 +87,8 @@ def test_sealed_payloads_travel_in_records_of_one_mebibyte():
         pump = threading.Thread(target=relay.sendall, args=(bytes(wire),))
         pump.start()  # the receiving side opens what was on the wire
         reader.settimeout(10)
-        opened = protocol.Stream(reader)
-        opened.seal(server._send_seal, server._recv_seal)
+        opened = Stream(reader)
+        opened.protect(Sealed(*server_seals))  # the server's keys, not yet used by `server`
         message = opened.read(limits)
         pump.join(10)
         np.testing.assert_array_equal(message.arrays[0], big[0])

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from distkeras.spark import is_connect
-from distkeras.spark_job import SparkJob
+from distkeras.spark.facts import is_connect
+from distkeras.spark.job import SparkJob
 from distkeras.trainers import SingleTrainer
 
 from .conftest import accuracy, mlp
