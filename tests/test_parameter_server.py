@@ -5,6 +5,7 @@ import os
 import socket
 import threading
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_sixteen_clients_commit_at_once(ps):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(60)
     assert not errors
     total = sum(w + s for w in range(16) for s in range(5))
     assert_center(ps, total, 80)
@@ -356,7 +357,7 @@ def test_client_authenticates_the_server_too():
     thread.start()
     with listener, pytest.raises(AuthenticationError, match="parameter server"):
         Client(listener.getsockname(), b"s" * 32, connect_timeout=2)
-    thread.join()
+    thread.join(30)
 
 
 @pytest.mark.parametrize(
@@ -472,11 +473,23 @@ def test_client_retries_until_the_server_comes_up():
         with Client(("127.0.0.1", port), secret, connect_timeout=10) as client:
             result["weights"] = client.pull()
 
+    refused = threading.Event()  # the client has failed to connect at least once
+    connect = socket.create_connection
+
+    def counted(*args, **kwargs):
+        try:
+            return connect(*args, **kwargs)
+        except ConnectionRefusedError:
+            refused.set()
+            raise
+
     thread = threading.Thread(target=connect_late)
-    thread.start()
-    time.sleep(0.3)
-    with ParameterServer(zeros(), port=port, secret=secret):
-        thread.join()
+    with mock.patch("socket.create_connection", counted):
+        thread.start()
+        assert refused.wait(10)  # a retry is sure to come, whatever the machine's pace
+        with ParameterServer(zeros(), port=port, secret=secret):
+            thread.join(30)
+    assert not thread.is_alive()
     assert len(result["weights"]) == 2
 
 
@@ -517,7 +530,7 @@ def run_workers(target, ids):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(60)
     return results, errors
 
 

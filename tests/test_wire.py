@@ -214,7 +214,7 @@ def test_send_buffers_handles_partial_sends_and_many_buffers():
         sender = threading.Thread(target=PLAIN.send, args=(a, MsgType.WEIGHTS, meta, arrays))
         sender.start()
         message, nbytes = framing.read_frame(b.recv_into, limits, PLAIN)
-        sender.join()
+        sender.join(30)
     assert nbytes > 12_000_000
     for got, want in zip(message.arrays, arrays, strict=True):
         np.testing.assert_array_equal(got, want)
