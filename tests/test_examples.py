@@ -85,7 +85,7 @@ def kernel_in_this_python(folder: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, connect_url, monkeypatch):
     import nbformat
@@ -104,7 +104,8 @@ def test_notebook_runs(path, tmp_path, connect_url, monkeypatch):
     client = NotebookClient(
         book,
         kernel_name=kernel_in_this_python(tmp_path),
-        timeout=240,
+        timeout=600,  # per cell: the algorithms notebook trains nine models in one
+        startup_timeout=300,  # a kernel importing TensorFlow at a load of 20 needs minutes
         resources={"metadata": {"path": str(EXAMPLES)}},
     )
     # Raises CellExecutionError, naming the cell, when a cell (or the checks) raises.
