@@ -40,8 +40,12 @@ def check_stats(trainer, rows):
     stats = trainer.parameter_server_stats
     summaries = trainer.worker_summaries
     assert stats["num_updates"] == sum(s["commits"] for s in summaries)
-    # Two workers commit in turn: a pull is behind by the other's commits, at least once.
-    assert stats["max_staleness"] >= 1 and 0 < stats["mean_staleness"] <= stats["max_staleness"]
+    assert 0 <= stats["mean_staleness"] <= stats["max_staleness"] < stats["num_updates"]
+    if not isinstance(trainer, (trainers.AEASGD, trainers.EAMSGD)):
+        # A window of local steps between a worker's pull and its commit: the other
+        # worker's commits land in between, at least once. (The elastic trainers pull
+        # right before they commit, so theirs may all be 0.)
+        assert stats["max_staleness"] >= 1 and stats["mean_staleness"] > 0
     assert stats["bytes_received"] > 0
     assert sorted(s["worker"] for s in summaries) == [0, 1]
     assert sum(s["rows"] for s in summaries) == rows
