@@ -154,7 +154,8 @@ def test_early_stopping_stops_the_workers_at_their_next_exchange(mnist, tmp_path
 
 
 class Exploding(keras.layers.Layer):
-    """A layer that fails on the executors: in Spark's Python workers (pyspark.worker)."""
+    """A layer that fails on the executors: it is neither registered nor in custom_objects
+    (they may fail to rebuild it), and its call raises in Spark's Python workers."""
 
     def call(self, inputs):
         if "pyspark.worker" in sys.modules:
@@ -169,7 +170,10 @@ def test_failing_worker_surfaces_its_error_and_leaves_no_server_thread(mnist):
     model.compile("adam", "sparse_categorical_crossentropy")
     initial = model.get_weights()
     before = {t.ident for t in threading.enumerate()}
-    with pytest.raises(WorkerError, match=r"worker [01] failed: .*exploded on an executor"):
+    with pytest.raises(
+        WorkerError,
+        match=r"worker [01] failed: TypeError: .*(deserialized|exploded on an executor)",
+    ):
         trainers.ADAG(model, num_workers=2).fit(x[:200], y[:200], epochs=1, verbose=0)
     leftover = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
     assert not [t for t in leftover if "distkeras" in t.name.lower() or "server" in t.name.lower()]
