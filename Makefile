@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint docs check-java bench clean
+.PHONY: demo test test-fast soak lint docs check-java bench clean
 
 check-java:
 	@command -v java >/dev/null 2>&1 || { \
@@ -41,6 +41,14 @@ docs: $(VENV)/.installed-test
 
 test: check-java $(VENV)/.installed-test lint docs
 	$(PY) -m pytest -q --durations=10
+
+# The edit-test loop: no end-to-end accuracy runs, notebooks or clusters (tests/README.md).
+test-fast: check-java $(VENV)/.installed-test
+	$(PY) -m pytest -q -x -m "not slow and not cluster" --durations=5
+
+# The parameter server under 16 clients for five minutes (`make test` runs 5 s of it).
+soak: $(VENV)/.installed-test
+	DISTKERAS_SOAK_SECONDS=300 $(PY) -m pytest -q tests/test_faults.py -k soak
 
 bench: check-java $(VENV)/.installed-test
 	$(PY) bench/data_bench.py

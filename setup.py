@@ -15,11 +15,21 @@ TENSORBOARD = ["tensorboard>=2.16"]
 LAYOUT = ["import-linter>=2.0"]
 # Keras' other backends (KERAS_BACKEND=jax / torch; docs/backends.md). JAX's CPU build is
 # small, so the tests run on it too (tests/test_backends.py); PyTorch's PyPI wheel pulls its
-# CUDA libraries (GBs), so it stays out of `test` (`make test-torch` installs the CPU wheel).
+# CUDA libraries (GBs), so it stays out of `test` (and training on it is not there yet).
 JAX = ["jax[cpu]>=0.4.30"]
 TORCH = ["torch>=2.1"]
+# distkeras.integrations.mlflow: one MLflow run per distributed fit, a servable logged model.
+# The skinny client serves a Keras model through pyfunc and spark_udf (checked in
+# tests/test_mlflow.py): the full `mlflow` would add its server, UI and plotting stack.
+# SQLAlchemy and Alembic are its SQLite tracking store, the embedded default (the file
+# store is in maintenance mode and refuses to start unless opted in).
+MLFLOW = ["mlflow-skinny>=3.0", "sqlalchemy>=1.4", "alembic>=1.8"]
+# distkeras.integrations.optuna and examples/tuning.ipynb: trials as distributed fits.
+TUNING = ["optuna>=3.0"]
 TEST = [
     "pytest>=8",
+    # A per-test time limit (pytest.ini): a hang fails with a traceback instead of stalling CI.
+    "pytest-timeout>=2.2",
     "hypothesis>=6",
     "ruff>=0.6",
     *EXAMPLES,
@@ -29,6 +39,8 @@ TEST = [
     *TENSORBOARD,
     *LAYOUT,
     *JAX,
+    *MLFLOW,
+    *TUNING,
 ]
 
 setup(
@@ -49,7 +61,8 @@ setup(
         "pandas>=2.0,<3",  # PySpark warns that pandas 3 is not yet supported
         # Poly1305 frame tags, X25519 and AES-256-GCM of the parameter server's sessions:
         # OpenSSL's primitives, not home-made ones.
-        "cryptography>=41",
+        # 47: AESGCM.encrypt_into / decrypt_into, which the sealed records are written with.
+        "cryptography>=47",
     ],
     extras_require={
         "test": TEST,
@@ -58,6 +71,8 @@ setup(
         "connect": CONNECT,
         "jax": JAX,
         "torch": TORCH,
+        "mlflow": MLFLOW,
+        "tuning": TUNING,
     },
     entry_points={"console_scripts": ["distkeras=distkeras.cli:main"]},
 )

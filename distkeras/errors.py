@@ -2,7 +2,7 @@
 
 DistKerasError is the root; ProtocolError and AuthenticationError describe problems on
 the wire between workers and the parameter server; WorkerError carries a failed worker's
-cause back to the driver.
+cause back to the driver; DeviceError says a task cannot use the GPUs Spark gave it.
 """
 
 
@@ -20,3 +20,8 @@ class AuthenticationError(ProtocolError):
 
 class WorkerError(DistKerasError):
     """A training worker failed; the message names the worker and the cause."""
+
+
+class DeviceError(DistKerasError, RuntimeError):
+    """A task cannot use the GPUs Spark gave it; the message names them and what the
+    framework sees."""

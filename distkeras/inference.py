@@ -45,6 +45,7 @@ def make_plan(
     compiled: bool = False,
     threads: int = 1,
     custom_objects: dict | None = None,
+    allow_cpu_fallback: bool = False,
 ) -> InferencePlan:
     """Captures `model` for the executors (see `InferencePlan`), on this process's backend."""
     spec = (
@@ -68,6 +69,7 @@ def make_plan(
         compiled=compiled,
         threads=threads,
         custom_objects=custom_objects,
+        allow_cpu_fallback=validation.flag("allow_cpu_fallback", allow_cpu_fallback),
         backend=keras_backend(),
     )
 
@@ -180,6 +182,7 @@ def add_predictions(
     batch_size: int = 4096,
     custom_objects: dict | None = None,
     argument: str = "features_col",
+    allow_cpu_fallback: bool = False,
 ):
     """Appends the model's output (and the derived prediction) to `df`, lazily.
 
@@ -195,6 +198,8 @@ def add_predictions(
         batch_size: rows per model call on the executors.
         custom_objects: classes and functions the model refers to by name.
         argument: the name of the feature-column argument, for error messages.
+        allow_cpu_fallback: run on the CPU when Spark gave a task GPUs that TensorFlow
+            cannot see; False: such a task fails naming them.
 
     Returns:
         A DataFrame with the new columns; the model runs when it is evaluated.
@@ -228,6 +233,7 @@ def add_predictions(
         batch_size,
         threads=task_cpus(df.sparkSession),
         custom_objects=custom_objects,
+        allow_cpu_fallback=allow_cpu_fallback,
     )
     follow_backend(df.sparkSession)
 
@@ -259,12 +265,14 @@ def evaluate_frame(
     label_cols: Sequence[str],
     batch_size: int = 4096,
     custom_objects: dict | None = None,
+    allow_cpu_fallback: bool = False,
 ) -> dict[str, float]:
     """Evaluates the compiled model on `df` on the executors; returns its metrics.
 
     Each partition accumulates the compiled metrics' state (totals, counts, confusion
     counts), the driver merges the states and reads the results: the figures are those of
     `model.evaluate` on all rows, for additive metrics (AUC and precision included).
+    `allow_cpu_fallback` as in `add_predictions`.
 
     Raises:
         ValueError: if the model is not compiled, the DataFrame is empty, or a column does
@@ -286,6 +294,7 @@ def evaluate_frame(
         compiled=True,
         threads=task_cpus(df.sparkSession),
         custom_objects=custom_objects,
+        allow_cpu_fallback=allow_cpu_fallback,
     )
     follow_backend(df.sparkSession)
     labels = list(label_cols)

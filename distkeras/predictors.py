@@ -20,6 +20,8 @@ class ModelPredictor:
         output_col: the column that gets the output, an ML DenseVector.
         batch_size: rows per model call on the executors.
         custom_objects: classes and functions the model refers to by name.
+        allow_cpu_fallback: predict on the CPU when Spark gave a task GPUs that TensorFlow
+            cannot see; False: such a task fails, naming the GPUs (docs/cluster.md, GPUs).
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class ModelPredictor:
         output_col: str = "prediction",
         batch_size: int = 4096,
         custom_objects: dict | None = None,
+        allow_cpu_fallback: bool = False,
     ):
         self.model = ensure_keras_model(keras_model)
         self.features_col = validation.column_list("features_col", features_col)
@@ -39,6 +42,7 @@ class ModelPredictor:
         self.output_col = output_col
         self.batch_size = validation.positive_int("batch_size", batch_size)
         self.custom_objects = custom_objects
+        self.allow_cpu_fallback = validation.flag("allow_cpu_fallback", allow_cpu_fallback)
 
     def predict(self, dataframe):
         """Returns `dataframe` with `output_col` appended (computed lazily, on the executors).
@@ -54,6 +58,7 @@ class ModelPredictor:
             output_col=self.output_col,
             batch_size=self.batch_size,
             custom_objects=self.custom_objects,
+            allow_cpu_fallback=self.allow_cpu_fallback,
         )
 
 
@@ -64,6 +69,7 @@ def evaluate(
     label_col="label",
     batch_size: int = 4096,
     custom_objects: dict | None = None,
+    allow_cpu_fallback: bool = False,
 ) -> dict[str, float]:
     """Evaluates a compiled model on a DataFrame, on the executors.
 
@@ -77,6 +83,8 @@ def evaluate(
         label_col: the label column.
         batch_size: rows per model call on the executors.
         custom_objects: classes and functions the model refers to by name.
+        allow_cpu_fallback: evaluate on the CPU when Spark gave a task GPUs that TensorFlow
+            cannot see; False: such a task fails, naming the GPUs.
 
     Returns:
         Metric name -> value, `loss` included, as `model.evaluate(..., return_dict=True)`.
@@ -92,4 +100,5 @@ def evaluate(
         validation.column_list("label_col", label_col),
         batch_size=validation.positive_int("batch_size", batch_size),
         custom_objects=custom_objects,
+        allow_cpu_fallback=validation.flag("allow_cpu_fallback", allow_cpu_fallback),
     )

@@ -15,7 +15,8 @@ What silences which line (TensorFlow 2.21, measured):
 - "cpu_feature_guard ... rebuild TensorFlow": an INFO line; TF_CPP_MIN_LOG_LEVEL=1 or the capture.
 - "failed call to cuInit": an ERROR line at device initialisation, hidden only by
   TF_CPP_MIN_LOG_LEVEL=3, which would also hide real errors; the capture, which includes device
-  initialisation, hides it instead. CUDA_VISIBLE_DEVICES does not (it is left to the user).
+  initialisation, hides it instead. CUDA_VISIBLE_DEVICES="" (a task given no GPU, see
+  executor.devices) does not: CUDA still initialises, and finds no device.
 """
 
 from __future__ import annotations

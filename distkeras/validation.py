@@ -29,6 +29,13 @@ def positive_number(name: str, value) -> float:
     return float(value)
 
 
+def flag(name: str, value) -> bool:
+    """Returns `value` if it is True or False; raises TypeError naming `name`."""
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected `{name}` to be True or False. Received: {name}={value!r}")
+    return value
+
+
 def column_list(name: str, value) -> list[str]:
     """Accepts one column name or a non-empty list of names; returns a list."""
     columns = [value] if isinstance(value, str) else value

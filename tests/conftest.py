@@ -94,12 +94,67 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(predictions, axis=1) == y))
 
 
+def _probe_job_id(spark, group: str) -> int:
+    """Runs one tiny job in `group` and returns its id."""
+    sc = spark.sparkContext
+    sc.setJobGroup(group, "distkeras tests: job counter")
+    try:
+        sc.parallelize([0], 1).count()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setLocalProperty("spark.job.description", None)
+    (job,) = sc.statusTracker().getJobIdsForGroup(group)
+    return job
+
+
 def jobs_started(spark, action) -> list[int]:
-    """Runs `action` in a job group and returns the ids of the Spark jobs it started."""
-    group = f"distkeras-test-{id(action)}"
-    spark.sparkContext.setJobGroup(group, "bad input")
+    """Runs `action` and returns the ids of the Spark jobs started meanwhile, in any thread.
+
+    Job ids grow by one per job across the whole SparkContext, whatever the thread or job
+    group (the trainers run theirs in background threads under their own group). So a probe
+    job before and one after bound the ids of every job started in between; the after-probe
+    waits for the trainers' job threads (`distkeras-spark-job`), so that a job such a thread
+    was about to submit is counted too.
+    """
+    import threading
+    import uuid
+
+    before = _probe_job_id(spark, f"distkeras-test-{uuid.uuid4().hex}")
     try:
         action()
     finally:
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    return spark.sparkContext.statusTracker().getJobIdsForGroup(group)
+        for thread in threading.enumerate():
+            if thread.name == "distkeras-spark-job":
+                thread.join(60)
+    after = _probe_job_id(spark, f"distkeras-test-{uuid.uuid4().hex}")
+    return list(range(before + 1, after))
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """A real MLflow tracking store for the session: SQLite in a temporary folder (its tables
+    are created once, a few seconds); the previous tracking URI is restored after.
+
+    Yields a function that makes an experiment current by name, creating it with its
+    artifacts in the same folder (by default they would go to ./mlruns).
+    """
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    folder = tmp_path_factory.mktemp("mlflow")
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+
+    def use_experiment(name: str) -> str:
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name, artifact_location=str(folder / name))
+        return mlflow.set_experiment(name).experiment_id
+
+    yield use_experiment
+    mlflow.set_tracking_uri(previous)
+
+
+def two_classes(rows: int = 240, width: int = 8, seed: int = 0):
+    """(x, y): rows of `width` normal features, labelled by the sign of x0 + x1."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, width)).astype("float32")
+    return x, (x[:, 0] + x[:, 1] > 0).astype("int64")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from distkeras import trainers
 from distkeras.errors import WorkerError
 from distkeras.parameter_server import Client, ParameterServer
 from distkeras.trainers import run as trainers_run
-from distkeras.trainers.checkpoint import MANIFEST_FILE
+from distkeras.trainers.checkpoint import MANIFEST_FILE, load_checkpoint
 
 from .conftest import accuracy, mlp
 from .jobs.faults import exchange_fault, plan_with
@@ -26,11 +27,12 @@ from .jobs.faults import exchange_fault, plan_with
 JOB = Path(__file__).parent / "jobs" / "train_job.py"
 
 
-def run_job(*args, timeout=600):
-    """Runs tests/jobs/train_job.py in its own process; returns (returncode, JSON result)."""
+def run_job(*args, timeout=600, job=JOB.name):
+    """Runs tests/jobs/<job> (train_job.py) in its own process; returns (returncode, JSON
+    result)."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     done = subprocess.run(
-        [sys.executable, str(JOB), *args],
+        [sys.executable, str(JOB.parent / job), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -52,6 +54,7 @@ def server_threads():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_failed_worker_is_retried_from_the_current_center(tmp_path):
     marker = tmp_path / "fault-done"
     code, result = run_job(
@@ -74,7 +77,19 @@ def test_failed_worker_is_retried_from_the_current_center(tmp_path):
     assert result["accuracy"] >= 0.92
 
 
-def test_hung_worker_fails_the_run_naming_it(mnist, tmp_path, monkeypatch):
+def no_active_job(spark, seconds: float) -> bool:
+    """Whether the session's active Spark jobs end within `seconds` (polled)."""
+    deadline = time.monotonic() + seconds
+    while spark.sparkContext.statusTracker().getActiveJobsIds():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_hung_worker_fails_the_run_naming_it(spark, mnist, tmp_path, monkeypatch):
+    """The run fails naming the silent worker, and its Spark job is cancelled: the hung task
+    would otherwise hold its slot for the hook's hour."""
     (x, y), _ = mnist
     hook = exchange_fault(1, 2, "hang", str(tmp_path / "hang"))
     monkeypatch.setattr(trainers_run, "WorkerPlan", plan_with(hook))
@@ -84,8 +99,42 @@ def test_hung_worker_fails_the_run_naming_it(mnist, tmp_path, monkeypatch):
         trainer.fit(x[:4000], y[:4000], epochs=50, verbose=0)
     assert time.monotonic() - started < 120
     assert not server_threads()
+    assert no_active_job(spark, 60)
 
 
+def test_a_failed_run_keeps_the_center_and_a_checkpoint_of_it(mnist, tmp_path, monkeypatch):
+    """local[2] retries no task: worker 1 fails at its 8th exchange, the run fails naming
+    it, and both `trainer.model` and the checkpoint written on failure hold the trained
+    center (not the initial weights); a run that ends writes one at its end too."""
+    (x, y), _ = mnist
+    hook = exchange_fault(1, 8, "fail", str(tmp_path / "fail"))
+    monkeypatch.setattr(trainers_run, "WorkerPlan", plan_with(hook))
+    model = mlp(hidden=(16,))
+    initial = model.get_weights()
+    folder = tmp_path / "ckpt"
+    trainer = trainers.DOWNPOUR(model, num_workers=2, checkpoint_dir=str(folder))
+    with pytest.raises(WorkerError, match="worker 1 failed: RuntimeError: test fault"):
+        trainer.fit(x[:4000], y[:4000], epochs=50, verbose=0)
+    assert (tmp_path / "fail").exists()
+    assert trainer.parameter_server_stats["num_updates"] >= 8
+    center = model.get_weights()
+    assert not any(np.array_equal(a, b) for a, b in zip(initial, center))
+    assert all(np.isfinite(w).all() for w in center)
+    saved = mlp(hidden=(16,))
+    state = load_checkpoint(folder, saved)
+    assert state["clock"] == trainer.parameter_server_stats["num_updates"]
+    for written, held in zip(saved.get_weights(), center):
+        np.testing.assert_array_equal(written, held)
+
+    monkeypatch.undo()  # no fault: the checkpoint at the end of a run is its final center
+    ended = trainers.DOWNPOUR(model, num_workers=2, checkpoint_dir=str(folder))
+    ended.fit(x[:1000], y[:1000], epochs=1, verbose=0)
+    assert load_checkpoint(folder, saved)["epoch"] == 1
+    for written, held in zip(saved.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(written, held)
+
+
+@pytest.mark.timeout(900)
 def test_ctrl_c_stops_quickly_and_keeps_the_weights(tmp_path):
     checkpoints = tmp_path / "ckpt"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
@@ -97,15 +146,21 @@ def test_ctrl_c_stops_quickly_and_keeps_the_weights(tmp_path):
          "--ps-port", str(port), "--checkpoint-dir", str(checkpoints)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )  # fmt: skip
+    lines = queue.Queue()  # the job's stdout, read by a thread so that every wait is bounded
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in job.stdout])
+    reader.start()
+    out = []
     try:
-        for line in job.stdout:  # wait until training is under way
-            if line.startswith("epoch 1"):
-                break
+        deadline = time.monotonic() + 480  # Spark's start-up at a load of 20: minutes
+        while not (out and out[-1].startswith("epoch 1")):  # wait until training is under way
+            out.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
         signalled = time.time()
         job.send_signal(signal.SIGINT)
-        out, _ = job.communicate(timeout=60)
+        job.wait(timeout=60)
     finally:
         job.kill()
+        reader.join(30)
+    out = "".join(out + list(lines.queue))
     results = [line for line in out.splitlines() if line.startswith("{")]
     assert results, f"the job printed no result (exit code {job.returncode}): {out[-2000:]}"
     result = json.loads(results[-1])
@@ -130,6 +185,7 @@ class InterruptAfter(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_interrupted_run_resumes_to_the_same_accuracy(mnist, tmp_path):
     (x, y), (x_test, y_test) = mnist
     folder = str(tmp_path / "run")
@@ -151,9 +207,12 @@ def test_resume_from_an_empty_folder_names_it(tmp_path):
         trainer.fit(np.zeros((8, 784), "float32"), np.zeros(8, "int64"), verbose=0)
 
 
+@pytest.mark.timeout(300 + 2 * float(os.environ.get("DISTKERAS_SOAK_SECONDS", "5")))
 def test_soak_sixteen_clients_lose_no_commit():
-    """16 clients commit and pull for a while: exact sums, no leaked threads or sockets."""
-    seconds = float(os.environ.get("DISTKERAS_SOAK_SECONDS", "30"))
+    """16 clients commit and pull for a while: exact sums, no leaked threads or sockets.
+
+    5 s in `make test`; `make soak` runs it for 300 s (DISTKERAS_SOAK_SECONDS)."""
+    seconds = float(os.environ.get("DISTKERAS_SOAK_SECONDS", "5"))
     shapes = [(64, 32), (32,), (32, 10)]
     fds_before = len(os.listdir("/proc/self/fd"))
     counts = [0] * 16

@@ -14,7 +14,6 @@ from pyspark.ml.evaluation import (
 )
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.ml.functions import array_to_vector
-from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 
 from distkeras.executor.model_cache import MODELS
 from distkeras.ml import KerasEstimator, KerasModel, trainer_names
@@ -159,26 +158,6 @@ def test_regression_pipeline(spark):
     assert RegressionEvaluator(metricName="rmse").evaluate(result) <= 0.65
 
 
-def test_cross_validator_over_epochs(tiny):
-    model = dense(4, (8,), 2, "softmax", "sparse_categorical_crossentropy", "adam")
-    weights = [w.copy() for w in model.get_weights()]
-    estimator = KerasEstimator(model=model, trainer="single", batchSize=16)
-    grid = ParamGridBuilder().addGrid(estimator.epochs, [1, 3]).build()
-    cv = CrossValidator(
-        estimator=estimator,
-        estimatorParamMaps=grid,
-        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"),
-        numFolds=2,
-        seed=5,
-    )
-    fitted = cv.fit(tiny)
-    assert len(fitted.avgMetrics) == 2
-    assert isinstance(fitted.bestModel, KerasModel)
-    assert len(fitted.bestModel.history.epoch) in (1, 3)
-    for before, after in zip(weights, model.get_weights()):
-        np.testing.assert_array_equal(before, after)  # fit trains a copy
-
-
 def test_unfitted_pipeline_saves_and_loads(tmp_path):
     model = dense(4, (8,), 1, "sigmoid")  # not compiled: loss and optimizer are Params
     estimator = KerasEstimator(
@@ -189,6 +168,7 @@ def test_unfitted_pipeline_saves_and_loads(tmp_path):
         epochs=3,
         communicationWindow=4,
         trainerParams={"rho": 2.0, "learning_rate": 0.05},
+        allowCpuFallback=True,
     )
     path = str(tmp_path / "unfitted")
     Pipeline(stages=[VectorAssembler(inputCols=["a"], outputCol="features"), estimator]).save(path)
@@ -197,6 +177,7 @@ def test_unfitted_pipeline_saves_and_loads(tmp_path):
     assert loaded.getTrainer() == "aeasgd"
     assert loaded.getTrainerParams() == {"rho": 2.0, "learning_rate": 0.05}
     assert loaded.getEpochs() == 3 and loaded.getCommunicationWindow() == 4
+    assert loaded.getAllowCpuFallback() is True
     assert loaded.getLoss() == "binary_crossentropy"
     optimizer = keras.optimizers.get(loaded.getOptimizer())
     assert isinstance(optimizer, keras.optimizers.SGD)
@@ -231,6 +212,7 @@ def test_params_defaults_setters_and_copy():
         1,
     )
     assert estimator.getCommunicationWindow() is None and estimator.getLoss() is None
+    assert estimator.getAllowCpuFallback() is False  # GPUs given but not seen: fail
     assert estimator.getOutputCol() == "output" and estimator.getPredictionCol() == "prediction"
     estimator.setParams(trainer="DOWNPOUR", communicationWindow=3, batchSize=64)
     assert estimator.getTrainer() == "downpour" and estimator.getCommunicationWindow() == 3

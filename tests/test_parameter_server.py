@@ -5,6 +5,7 @@ import os
 import socket
 import threading
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_sixteen_clients_commit_at_once(ps):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(60)
     assert not errors
     total = sum(w + s for w in range(16) for s in range(5))
     assert_center(ps, total, 80)
@@ -344,7 +345,8 @@ def test_client_authenticates_the_server_too():
         sock, _ = listener.accept()
         with sock:
             stream = Stream(sock)
-            stream.send(MsgType.CHALLENGE, {"nonce": handshake.new_nonce(), "sealed": False})
+            key = handshake.KeyShare().nonce  # v4: the challenge announces the server's key
+            stream.send(MsgType.CHALLENGE, {"nonce": key, "sealed": False, "server_key": key})
             read(stream)
             welcome = {"digest": "00" * 32, "clock": 0, "center": [], "round_mode": False}
             stream.send(MsgType.WELCOME, welcome)
@@ -355,7 +357,7 @@ def test_client_authenticates_the_server_too():
     thread.start()
     with listener, pytest.raises(AuthenticationError, match="parameter server"):
         Client(listener.getsockname(), b"s" * 32, connect_timeout=2)
-    thread.join()
+    thread.join(30)
 
 
 @pytest.mark.parametrize(
@@ -471,11 +473,23 @@ def test_client_retries_until_the_server_comes_up():
         with Client(("127.0.0.1", port), secret, connect_timeout=10) as client:
             result["weights"] = client.pull()
 
+    refused = threading.Event()  # the client has failed to connect at least once
+    connect = socket.create_connection
+
+    def counted(*args, **kwargs):
+        try:
+            return connect(*args, **kwargs)
+        except ConnectionRefusedError:
+            refused.set()
+            raise
+
     thread = threading.Thread(target=connect_late)
-    thread.start()
-    time.sleep(0.3)
-    with ParameterServer(zeros(), port=port, secret=secret):
-        thread.join()
+    with mock.patch("socket.create_connection", counted):
+        thread.start()
+        assert refused.wait(10)  # a retry is sure to come, whatever the machine's pace
+        with ParameterServer(zeros(), port=port, secret=secret):
+            thread.join(30)
+    assert not thread.is_alive()
     assert len(result["weights"]) == 2
 
 
@@ -516,7 +530,7 @@ def run_workers(target, ids):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(60)
     return results, errors
 
 
@@ -628,3 +642,25 @@ def test_leave_is_harmless_in_async_mode(ps):
         client.leave()
         client.commit(delta(1))
     assert_center(ps, 1, 1)
+
+
+def test_a_cut_connection_detaches_a_round_worker_and_its_reconnect_commits_the_round():
+    """Worker 1's task dies (no GOODBYE, no LEAVE) and is retried: the round waits for it and
+    completes with its reconnect's commit, instead of going on without it for good."""
+    with round_server(num_workers=2) as ps:
+        dying = connect(ps, worker_id=1)
+        dying.sock.close()  # the task's process is gone
+        results = {}
+        first = threading.Thread(target=lambda: results.update(w0=commit_round(ps, 0)))
+        first.start()
+        results["w1"] = commit_round(ps, 1)  # the retry
+        first.join(10)
+        assert not first.is_alive()
+        assert ps.num_updates == 2  # one round of both commits
+        for arrays in results.values():
+            np.testing.assert_array_equal(arrays[0], 4)
+
+
+def commit_round(ps, worker_id):
+    with Client(ps.address, ps.secret, worker_id, timeout=10, connect_timeout=5) as client:
+        return client.commit_and_pull(delta(4))

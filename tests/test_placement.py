@@ -8,14 +8,18 @@ import time
 import numpy as np
 import pytest
 
-from distkeras.errors import DistKerasError
+from distkeras.errors import AuthenticationError, DistKerasError
 from distkeras.executor.hosted import MAX_BATCH, ReportRelay
 from distkeras.ps import Client, ParameterServer
 from distkeras.ps.remote import RemoteServer
+from distkeras.ps.wire.handshake import KeyShare
 from distkeras.ps.wire.schema import OBSERVER_ID
 from distkeras.spark import placement
 
 SECRET = b"s" * 32
+
+
+OBSERVER = KeyShare()  # the driver's observer key, which the hosted server pins
 
 
 @pytest.fixture
@@ -27,6 +31,7 @@ def hosted():
         secret=SECRET,
         on_report=relay.on_report,
         on_watch=relay.on_watch,
+        observer_key=OBSERVER.nonce,
     ).start()
     relay.server = server
     yield server, relay
@@ -43,6 +48,7 @@ def test_remote_server_follows_reports_and_releases_with_the_final_weights(hoste
         num_workers=2,
         on_report=reports.append,
         connect_timeout=20.0,
+        identity=OBSERVER,
     ).start()
     try:
         with Client(server.address, SECRET, 0) as a, Client(server.address, SECRET, 1) as b:
@@ -76,7 +82,7 @@ def test_observer_and_workers_keep_to_their_requests(hosted):
     with Client(server.address, SECRET, 0) as worker:
         with pytest.raises(DistKerasError, match="WATCH is not a request this client"):
             worker.watch(0)
-    with Client(server.address, SECRET, OBSERVER_ID) as observer:
+    with Client(server.address, SECRET, OBSERVER_ID, identity=OBSERVER) as observer:
         assert observer.watch(0)[0]["reports"] == []
         with pytest.raises(DistKerasError, match="COMMIT is not a request this client"):
             observer.commit([np.ones(3, np.float32)])
@@ -123,3 +129,29 @@ def test_relay_hands_reports_over_in_bounded_batches(hosted):
     second, _ = relay.on_watch({"epoch": 0, "stop": False, "release": False})
     assert len(first["reports"]) == MAX_BATCH and len(second["reports"]) == 5
     assert not relay.released.is_set()
+
+
+@pytest.mark.parametrize("identity", [None, "another"], ids=["no-key", "another-key"])
+def test_a_worker_holding_the_secret_cannot_pose_as_the_observer(hosted, identity):
+    """The observer proves the key the hosted server pins; the run's secret is not enough."""
+    server, _ = hosted
+    key = KeyShare() if identity else None
+    with pytest.raises(AuthenticationError, match="observer"):
+        Client(server.address, SECRET, OBSERVER_ID, connect_timeout=2.0, identity=key)
+    assert server.stats()["connections"] <= 1  # refused: nothing was admitted
+
+
+def test_a_party_holding_the_secret_cannot_pose_as_the_pinned_server():
+    """A second server with the run's secret (what any worker could start) is refused by a
+    client pinning the run's server key; the real one is accepted."""
+    weights = [np.zeros(2, np.float32)]
+    with (
+        ParameterServer(weights, secret=SECRET) as real,
+        ParameterServer(weights, secret=SECRET) as impostor,
+    ):
+        with pytest.raises(AuthenticationError, match="not the pinned one"):
+            Client(impostor.address, SECRET, 0, connect_timeout=2.0, server_key=real.public_key)
+        assert impostor.num_updates == 0
+        with Client(real.address, SECRET, 0, server_key=real.public_key) as client:
+            client.commit([np.ones(2, np.float32)])
+        assert real.num_updates == 1

@@ -141,8 +141,10 @@ def test_cached_models_are_frozen_out_of_gc_and_evicted_ones_are_freed():
     import weakref
 
     MODELS.clear()
+    gc.unfreeze()  # whatever an earlier test froze: the count below is this cache's
     try:
         plans = [inference.make_plan(classifier(), ["features"], 8) for _ in range(5)]
+        assert gc.get_freeze_count() == 0
         first = weakref.ref(executor_inference.cached_model(plans[0]))
         assert gc.get_freeze_count() > 0  # PySpark's per-task gc.collect() skips them
         for plan in plans[1:]:

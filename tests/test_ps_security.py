@@ -17,7 +17,7 @@ import pytest
 
 from distkeras.errors import DistKerasError
 from distkeras.parameter_server import Client, ParameterServer
-from distkeras.ps.wire import framing
+from distkeras.ps.wire import framing, protection
 from distkeras.ps.wire.framing import HEADER_SIZE
 from distkeras.ps.wire.protection import TAG_SIZE
 from distkeras.ps.wire.schema import CLIENT_HANDSHAKE_LIMITS, MsgType
@@ -44,10 +44,11 @@ def response_size() -> int:
 
 
 def commit_size(arrays, clock=0) -> tuple[int, int]:
-    """(bytes before the payload, total bytes) of a tagged COMMIT frame of `arrays`."""
+    """(bytes before the payload, total bytes) of a tagged or sealed COMMIT frame of
+    `arrays`: a tag after the metadata, one after the payload (records of 1 MiB at most)."""
     buffers = framing.encode(MsgType.COMMIT, {"worker_id": 0, "clock": clock}, arrays)
-    total = sum(memoryview(b).nbytes for b in buffers) + TAG_SIZE
-    return len(buffers[0]), total
+    total = sum(memoryview(b).nbytes for b in buffers) + 2 * TAG_SIZE
+    return len(buffers[0]) + TAG_SIZE, total
 
 
 class Relay:
@@ -188,7 +189,6 @@ def test_injecting_relay_changes_nothing(flags):
 @pytest.mark.parametrize("encryption", [False, True])
 def test_relay_repeating_a_commit_applies_it_once(encryption):
     _, total = commit_size(ones())
-    total += TAG_SIZE if encryption else 0  # sealed: a tag after the metadata and the payload
     start = response_size()
 
     seen = bytearray()
@@ -417,3 +417,45 @@ def test_an_encrypting_server_seals_the_session_of_any_client():
         while server_threads() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not server_threads()
+
+
+# ----------------------------------------------------------------------------- version 4
+
+
+@pytest.mark.parametrize("field", ["nonce", "worker_id"])
+def test_a_flipped_handshake_byte_fails_before_admission(field):
+    """A relay flips a byte of the RESPONSE (the client's nonce, its worker id): the server
+    refuses the handshake before admitting anyone, so the round-mode worker is not removed
+    from the round set and connects afterwards."""
+    meta = {"digest": "00" * 32, "nonce": "00" * 32, "worker_id": 0}
+    raw = json.dumps(meta, separators=(",", ":"))
+    value = raw.index(f'"{field}":') + len(field) + {"nonce": 4, "worker_id": 3}[field]
+    position = response_size() - len(raw) + value  # the value's first digit
+
+    def flip(chunk, index):
+        return chunk[:index] + bytes([chunk[index] ^ 0x01]) + chunk[index + 1 :]
+
+    ps = ParameterServer(zeros(), round_rule=lambda center, commits: None, num_workers=1)
+    with ps:
+        relay = Relay(ps.address, at(position, flip))
+        with pytest.raises(DistKerasError):
+            Client(relay.address, ps.secret, 0, timeout=5, connect_timeout=5)
+        relay.close()
+        assert ps.stats()["rejected"] == 1
+        with Client(ps.address, ps.secret, 0, timeout=5) as client:  # still in the round set
+            client.commit(ones())
+        assert ps.num_updates == 1
+
+
+def test_an_encrypted_session_updates_its_keys_at_the_budget(monkeypatch):
+    monkeypatch.setattr(protection, "KEY_BUDGET", 200)  # bytes: every few records
+    with ParameterServer(zeros(), encryption=True) as ps:
+        with Client(ps.address, ps.secret, timeout=5, require_encryption=True) as client:
+            for _ in range(5):
+                client.commit(ones())
+                client.pull()
+            seals = client._stream.protection
+            assert seals.send_seal.updates > 2 and seals.recv_seal.updates > 2
+        assert ps.num_updates == 5
+        for center in ps.get_weights():
+            np.testing.assert_array_equal(center, 5)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from distkeras import cli, trainers
@@ -37,11 +38,20 @@ def test_parameters_are_checked_and_passed_to_the_algorithm():
         trainers.Trainer(mlp(hidden=(8,)))
 
 
-def test_worker_optimizer_wins_over_eamsgds_own():
-    model = mlp(hidden=(8,))
-    trainer = trainers.EAMSGD(model, worker_optimizer=keras.optimizers.Adam(0.002))
-    assert trainer.worker_optimizer is not None
-    assert trainers.EAMSGD(model).algorithm().worker_optimizer() is not None
+def test_worker_optimizer_wins_over_eamsgds_own(spark):
+    """A user's worker optimizer is the one the workers train with: at a learning rate of 0
+    the center stays bit-for-bit where it started; EAMSGD's own (the control) moves it."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((256, 784), dtype=np.float32), rng.integers(0, 10, 256)
+
+    def center_moved(**arguments) -> bool:
+        model = mlp(hidden=(8,))
+        before = model.get_weights()
+        trainers.EAMSGD(model, num_workers=2, **arguments).fit(x, y, epochs=1, verbose=0)
+        return not all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+    assert not center_moved(worker_optimizer=keras.optimizers.SGD(0.0))
+    assert center_moved()
 
 
 def test_a_new_registry_row_is_a_trainer_for_the_stage_and_the_cli(monkeypatch):

@@ -89,7 +89,7 @@ def monitor_for(model, server):
     return monitor
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(REPORTS | VALUES, max_size=5))
 def test_the_monitor_never_raises_on_a_report(model, reports):
     monitor = monitor_for(model, ParameterServer(model.get_weights()))

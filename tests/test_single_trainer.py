@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 
+from distkeras.spark.facts import is_connect
+from distkeras.spark.job import SparkJob
 from distkeras.trainers import SingleTrainer
 
 from .conftest import accuracy, mlp
@@ -41,10 +43,15 @@ class Recorder(keras.callbacks.Callback):
         self.calls.append(("train_end", None))
 
 
-@pytest.mark.usefixtures("session")  # fit(x, y) trains on the active session: classic, Connect
-def test_fit_numpy_like_keras(mnist, tmp_path):
+def test_fit_numpy_like_keras(session, mnist, tmp_path, monkeypatch):
+    """fit(x, y) trains on the active session: the classic one, then Spark Connect."""
     (x, y), (x_test, y_test) = mnist
     x, y = x[:1500], y[:1500]
+    sessions = []  # is_connect of the session each of the run's Spark jobs started on
+    run = SparkJob.run
+    monkeypatch.setattr(
+        SparkJob, "run", lambda job: sessions.append(is_connect(job.spark)) or run(job)
+    )
     recorder = Recorder()
     csv = tmp_path / "log.csv"
     trainer = SingleTrainer(mlp(hidden=(32,)))
@@ -66,14 +73,22 @@ def test_fit_numpy_like_keras(mnist, tmp_path):
     # The validation logged is that of the returned weights at the last epoch.
     final = trainer.model.evaluate(x_test[:500], y_test[:500], verbose=0, return_dict=True)
     assert final["accuracy"] == pytest.approx(history.history["val_accuracy"][-1])
+    assert sessions and set(sessions) == {is_connect(session)}, sessions
 
 
 def test_fit_dataframe_with_dataframe_validation(mnist_frames):
     train_df, test_df = mnist_frames
     trainer = SingleTrainer(mlp(hidden=(16,)), batch_size=128)
-    history = trainer.fit(train_df.limit(1000), epochs=1, validation_data=test_df.limit(200))
-    assert 0.0 <= history.history["val_accuracy"][0] <= 1.0
-    assert np.isfinite(history.history["val_loss"][0])
+    validation = test_df.limit(200).cache()
+    history = trainer.fit(train_df.limit(1000), epochs=1, validation_data=validation)
+    # The validation logged is the returned model's on those 200 rows.
+    rows = validation.collect()
+    x_val = np.array([row.features for row in rows], np.float32)
+    y_val = np.array([row.label for row in rows])
+    final = trainer.model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    assert history.history["val_accuracy"][0] == pytest.approx(final["accuracy"])
+    assert history.history["val_loss"][0] == pytest.approx(final["loss"], rel=1e-4)
+    validation.unpersist()
 
 
 def test_uncompiled_model_with_loss_and_optimizer(mnist):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from distkeras.errors import AuthenticationError, ProtocolError
 from distkeras.ps.wire import framing, handshake, schema
 from distkeras.ps.wire.framing import HEADER, MAGIC, VERSION
-from distkeras.ps.wire.protection import PLAIN, TAG_SIZE, Tagged
+from distkeras.ps.wire.protection import PLAIN, TAG_SIZE, FrameSeal, Tagged
 from distkeras.ps.wire.schema import Limits, MsgType
 from distkeras.ps.wire.stream import Stream
 
@@ -26,6 +26,7 @@ ARRAYS = [
     np.arange(5, dtype=np.int64),
     np.zeros((0, 3), dtype=np.float64),
 ]
+TRANSCRIPT = handshake.transcript_hash(b"a challenge", b"a response")
 LIMITS = Limits.for_specs([(a.dtype.str, a.shape) for a in ARRAYS])
 
 
@@ -213,7 +214,7 @@ def test_send_buffers_handles_partial_sends_and_many_buffers():
         sender = threading.Thread(target=PLAIN.send, args=(a, MsgType.WEIGHTS, meta, arrays))
         sender.start()
         message, nbytes = framing.read_frame(b.recv_into, limits, PLAIN)
-        sender.join()
+        sender.join(30)
     assert nbytes > 12_000_000
     for got, want in zip(message.arrays, arrays, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -238,10 +239,12 @@ def test_peer_closing_between_frames_is_peer_closed():
 
 def test_digests_are_role_bound_and_compared():
     secret = b"k" * 32
-    ns, nc = handshake.new_nonce(), handshake.new_nonce()
+    ns, nc = handshake.transcript_hash(b"challenge"), handshake.new_nonce()
     expected = handshake.client_digest(secret, ns, nc, 0)
-    assert expected != handshake.server_digest(secret, nc, ns)
+    assert expected != handshake.server_digest(secret, ns)
     assert expected != handshake.client_digest(secret, ns, nc, 1)  # the worker id is bound
+    other = handshake.transcript_hash(b"challengf")
+    assert expected != handshake.client_digest(secret, other, nc, 0)  # and the transcript
     handshake.verify_digest(expected, handshake.client_digest(secret, ns, nc, 0), "client")
     with pytest.raises(AuthenticationError, match="client"):
         handshake.verify_digest(expected, handshake.client_digest(b"x" * 32, ns, nc, 0), "client")
@@ -252,11 +255,10 @@ def session_pair():
     a, b = socket.socketpair()
     a.settimeout(10)  # every read and write of these tests is bounded
     b.settimeout(10)
-    ns, nc = handshake.new_nonce(), handshake.new_nonce()
-    to_server, to_client = handshake.session_macs(b"k" * 32, ns, nc, 0)
+    to_server, to_client = handshake.session_macs(b"k" * 32, TRANSCRIPT)
     client, server = Stream(a), Stream(b)
     client.protect(Tagged(send=to_server, recv=to_client))
-    to_server, to_client = handshake.session_macs(b"k" * 32, ns, nc, 0)
+    to_server, to_client = handshake.session_macs(b"k" * 32, TRANSCRIPT)
     server.protect(Tagged(send=to_client, recv=to_server))
     return client, server
 
@@ -292,9 +294,8 @@ def test_any_flipped_byte_fails_the_tag(where):
 
 def test_reordered_replayed_and_untagged_frames_fail():
     a, b = socket.socketpair()
-    ns, nc = handshake.new_nonce(), handshake.new_nonce()
     sender = Stream(a)
-    sender.protect(Tagged(*handshake.session_macs(b"k" * 32, ns, nc, 0)))
+    sender.protect(Tagged(*handshake.session_macs(b"k" * 32, TRANSCRIPT)))
     with a, b:
         for clock in range(2):
             sender.send(MsgType.COMMIT, {"worker_id": 1, "clock": clock}, ARRAYS)
@@ -306,7 +307,7 @@ def test_reordered_replayed_and_untagged_frames_fail():
     first, second = data[:size], data[size:]
 
     def read_all(stream_bytes):
-        to_server, to_client = handshake.session_macs(b"k" * 32, ns, nc, 0)
+        to_server, to_client = handshake.session_macs(b"k" * 32, TRANSCRIPT)
         stream = io.BytesIO(stream_bytes)
         receiver = Tagged(send=to_client, recv=to_server)
         return [
@@ -318,7 +319,7 @@ def test_reordered_replayed_and_untagged_frames_fail():
         with pytest.raises(AuthenticationError, match="failed authentication"):
             read_all(tampered)
     with pytest.raises(AuthenticationError, match="untagged COMMIT"):
-        to_server, to_client = handshake.session_macs(b"k" * 32, ns, nc, 0)
+        to_server, to_client = handshake.session_macs(b"k" * 32, TRANSCRIPT)
         receiver = Tagged(send=to_client, recv=to_server)
         framing.read_frame(io.BytesIO(frame()).readinto, LIMITS, receiver)
     with pytest.raises(ProtocolError, match="flags"):  # a tagged frame outside a session
@@ -354,3 +355,46 @@ def test_large_tagged_frame_is_tagged_while_sent_and_checked():
                 message, _ = framing.read_frame(reader.recv_into, limits, server.protection)
                 np.testing.assert_array_equal(message.arrays[0], big[0])
             pump.join(10)
+
+
+# ----------------------------------------------------------------------------- version 4
+
+
+def test_corrupted_metadata_is_an_authentication_error_not_a_parse_error():
+    """The metadata's tag is checked before the metadata is parsed."""
+    client, server = session_pair()
+    with client.sock, server.sock:
+        client.send(MsgType.COMMIT, {"worker_id": 1, "clock": 0}, ARRAYS)
+        data = bytearray(server.sock.recv(1 << 20))
+        data[HEADER.size + 1] ^= 0x20  # '"worker_id"' becomes invalid JSON
+        with pytest.raises(AuthenticationError, match="COMMIT frame failed authentication"):
+            framing.read_frame(io.BytesIO(bytes(data)).readinto, LIMITS, server.protection)
+
+
+@pytest.mark.parametrize("nonce", [" 0" * 32, "AB" * 32, "0x" + "0" * 62])
+def test_nonces_are_strict_lowercase_hex(nonce):
+    data = raw_frame(json.dumps({"nonce": nonce, "sealed": False}).encode(), msg_type=1)
+    with pytest.raises(ProtocolError, match="lowercase hexadecimal"):
+        parse_frame(data, LIMITS)
+
+
+def test_version_3_peers_are_refused_by_name():
+    with pytest.raises(ProtocolError, match="unsupported protocol version 3 \\(expected 4\\)"):
+        parse_frame(raw_frame(b"{}", version=3), LIMITS)
+
+
+def test_sealed_records_move_to_the_next_key_at_the_budget_on_both_sides():
+    key = bytes(range(32))
+    sender, receiver = FrameSeal(key, budget=3000), FrameSeal(key, budget=3000)
+    record, opened = bytearray(1000 + TAG_SIZE), bytearray(1000)
+    for i in range(10):
+        data = bytes([i]) * 1000
+        sender.seal_into(data, b"", record)
+        receiver.open_into(record, b"", opened)
+        assert opened == data
+    assert sender.updates == receiver.updates == 3
+    stale = FrameSeal(key, budget=10**9)  # a peer that does not update cannot follow
+    with pytest.raises(AuthenticationError):
+        for _ in range(4):
+            sender.seal_into(b"x" * 1000, b"", record)
+            stale.open_into(record, b"", opened)

@@ -1,7 +1,8 @@
 """The Keras backend of an executor's Python worker: the driver's, checked before any step.
 
 use_backend: selects the plan's backend when this process has not imported Keras yet, fails
-naming both backends when it imported another one, and sizes the backend's threads.
+naming both backends when it imported another one, makes the task's GPUs TensorFlow's
+(executor.devices) and sizes its threads.
 check_trainable: whether workers can train on a backend (the driver asks before any job).
 window_runner: the runner of local steps for that backend (local_steps on TensorFlow,
 jax_steps on JAX). No Spark, no sockets.
@@ -10,25 +11,33 @@ jax_steps on JAX). No Spark, no sockets.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
+from distkeras.executor.devices import TaskDevices, task_devices
 from distkeras.quiet import BACKEND_ENV, import_keras
 
 TRAINING_BACKENDS = ("tensorflow", "jax")
 
 
-def use_backend(backend: str, threads: int = 1) -> None:
+def use_backend(backend: str, threads: int = 1, allow_cpu_fallback: bool = False) -> TaskDevices:
     """Makes `backend` this process's Keras backend, before the task builds a model.
 
     Args:
         backend: the driver's `keras.backend.backend()`.
         threads: the backend's intra-op threads (Spark's cpus per task; TensorFlow only).
+        allow_cpu_fallback: see executor.devices.task_devices (TensorFlow only).
+
+    Returns:
+        The task's devices: TensorFlow's choice (executor.devices); another backend keeps
+        the devices it finds, and Spark's GPU addresses are not applied to it.
 
     Raises:
         RuntimeError: this Python worker already imported Keras with another backend.
     """
     if "keras" not in sys.modules:
         os.environ[BACKEND_ENV] = backend
+    devices = task_devices(allow_cpu_fallback) if backend == "tensorflow" else None
     loaded = import_keras().backend.backend()
     if loaded != backend:
         raise RuntimeError(
@@ -38,10 +47,26 @@ def use_backend(backend: str, threads: int = 1) -> None:
             f"it builds and on classic sessions), or run the driver on `{loaded}`. "
             f"Received: backend={backend!r}, executor backend={loaded!r}"
         )
-    if backend == "tensorflow":
-        from distkeras.executor.threads import configure_threads
+    if devices is None:
+        return _own_devices(backend)
+    from distkeras.executor.threads import configure_threads
 
-        configure_threads(threads)
+    configure_threads(threads)
+    return devices
+
+
+def _own_devices(backend: str) -> TaskDevices:
+    """What a backend other than TensorFlow runs on: the devices it finds itself."""
+    return TaskDevices(
+        addresses=(),
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        visible=(f"{backend}: the devices it finds",),
+        applied=False,
+        initialised_under=None,
+        fallback=False,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
 
 
 def check_trainable(backend: str) -> str:

@@ -31,6 +31,7 @@ class ServerPlan:
             driver to fetch the final weights.
         encryption: the server seals its sessions (and the driver and workers require it).
         session_timeout: seconds a session may stay silent (the driver's hang timeout).
+        observer_key: the public key of the driver's observer, which the server pins.
     """
 
     port: int
@@ -39,6 +40,7 @@ class ServerPlan:
     release_timeout: float = 120.0
     encryption: bool = False
     session_timeout: float = 600.0
+    observer_key: str | None = None
 
 
 class ReportRelay:
@@ -72,10 +74,11 @@ class ReportRelay:
 
 
 class HostedServer:
-    """Worker 0 hosts the run's server; every worker gets its address from allGather.
+    """Worker 0 hosts the run's server; every worker gets its address and public key (to
+    pin) from allGather.
 
     Use as a context manager around a worker's training: it yields the server's address
-    and, in worker 0, keeps serving until the driver has the final weights.
+    and public key and, in worker 0, keeps serving until the driver has the final weights.
     """
 
     def __init__(self, plan, context) -> None:
@@ -106,16 +109,19 @@ class HostedServer:
                     on_report=self.relay.on_report,
                     on_watch=self.relay.on_watch,
                     encryption=server_plan.encryption,
+                    observer_key=server_plan.observer_key,
                 ).start()
                 self.relay.server = self.server
-                message = json.dumps({"address": list(self.server.address)})
+                message = json.dumps(
+                    {"address": list(self.server.address), "key": self.server.public_key}
+                )
             except OSError as exc:
                 message = json.dumps({"error": f"cannot serve on {host}:{server_plan.port}: {exc}"})
         gathered = json.loads(self.context.allGather(message or "null")[0])
         if "error" in gathered:
             self._stop()
             raise RuntimeError(f"worker 0 {gathered['error']}; set `ps_port` to a free port")
-        return tuple(gathered["address"])
+        return tuple(gathered["address"]), gathered["key"]
 
     def __exit__(self, exc_type, *exc_info) -> None:
         try:

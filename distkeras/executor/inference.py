@@ -40,6 +40,8 @@ class InferencePlan:
         compiled: build the model compiled (needed by evaluate, not by predict).
         threads: TensorFlow threads per Python worker (Spark's cpus per task).
         custom_objects: classes and functions the model refers to by name.
+        allow_cpu_fallback: run on the CPU when Spark gave GPUs that TensorFlow cannot see
+            (executor.devices.task_devices); False: fail naming them.
         backend: the driver's Keras backend, which the executor must run (executor.backend).
     """
 
@@ -52,6 +54,7 @@ class InferencePlan:
     compiled: bool = False
     threads: int = 1
     custom_objects: dict | None = None
+    allow_cpu_fallback: bool = False
     backend: str = "tensorflow"
 
 
@@ -59,13 +62,14 @@ def cached_model(plan: InferencePlan):
     """The plan's model, built on first use in this process and kept for the next batches.
 
     The cache holds the last few models by fingerprint, so a process that serves several
-    models (a cross-validation, say) does not keep all of them.
+    models (a cross-validation, say) does not keep all of them. Every task first makes its
+    own GPUs (Spark's) the visible ones: a reused Python worker serves tasks given others.
     """
-
+    # Once per task: the backend (fails naming both), then the task's devices (TensorFlow).
+    use_backend(plan.backend, plan.threads, plan.allow_cpu_fallback)
     built = []
 
     def build():
-        use_backend(plan.backend, plan.threads)
         built.append(plan.key)
         return _build(plan)
 

@@ -30,7 +30,9 @@ SUMMARY_SCHEMA = (
     "worker long, rows long, first_epoch long, samples long, commits long, seconds double, "
     "spill_bytes long, memory_growth long, "
     "learning_rates array<double>, "  # the rate at the end of each epoch; NaN: a schedule's
-    "pid long"  # the Python worker's process: Spark reuses it (and its built model) across fits
+    "pid long, "  # the Python worker's process: Spark reuses it (and its built model) across fits
+    "host string, devices string, gpu_addresses array<string>, cuda_visible_devices string, "
+    "visible_devices array<string>"  # executor.devices.TaskDevices.summary
 )
 
 
@@ -62,6 +64,10 @@ class WorkerPlan:
         steps_per_epoch: this worker's batches per epoch, or None for all its rows.
         direct: the rows come over the connection to the server (`Client.shard`), not
             from the partition, which is then empty.
+        allow_cpu_fallback: train on the CPU when Spark gave GPUs that TensorFlow cannot
+            see (executor.devices.task_devices); False: fail naming them.
+        server_key: the server's public key, pinned by every worker (for a server in the
+            cluster, the one worker 0 shares); None: the secret alone.
     """
 
     model: ModelSpec
@@ -87,6 +93,8 @@ class WorkerPlan:
     steps_per_epoch: int | None = None
     require_encryption: bool = False
     direct: bool = False
+    allow_cpu_fallback: bool = False
+    server_key: str | None = None
     backend: str = "tensorflow"
 
     @property
@@ -112,8 +120,9 @@ def train_partition(plan: WorkerPlan, batches):
         if plan.hosted is None:
             summary = _train(plan, worker_id, batches)
         else:
-            with HostedServer(plan, context) as address:
-                summary = _train(dataclasses.replace(plan, address=address), worker_id, batches)
+            with HostedServer(plan, context) as (address, server_key):
+                hosted = dataclasses.replace(plan, address=address, server_key=server_key)
+                summary = _train(hosted, worker_id, batches)
     except Exception as error:
         raise WorkerError(f"worker {worker_id} failed: {describe(error)}") from error
     # Spark reuses a Python worker (and its imports) only if it read all its input.
@@ -136,7 +145,8 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
     from distkeras.ps.client import Client
 
     started = time.monotonic()
-    use_backend(plan.backend, plan.threads)  # before the model: fails naming both backends
+    # Before the model: the backend (fails naming both), then the task's devices (TensorFlow).
+    devices = use_backend(plan.backend, plan.threads, plan.allow_cpu_fallback)
     model, runner = model_and_runner(
         plan.model,
         plan.custom_objects,
@@ -150,6 +160,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         worker_id=worker_id,
         timeout=plan.timeout,
         require_encryption=plan.require_encryption,
+        server_key=plan.server_key,
     ) as client:
         rows = _shard_batches(client, plan.columns) if plan.direct else batches
         with SpillSource(rows, plan.columns) as source:
@@ -162,6 +173,7 @@ def _train(plan: WorkerPlan, worker_id: int, batches) -> dict:
         "memory_growth": growth.bytes(),
         "learning_rates": rates,
         "pid": os.getpid(),
+        **devices.summary(),
     }
 
 

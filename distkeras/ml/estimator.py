@@ -51,6 +51,8 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
         loss: a loss name, Keras config or Keras loss, overriding the model's.
         optimizer: an optimizer name, Keras config or Keras optimizer, overriding the model's.
         verbose: 0 for silence, 1 for a progress bar while training.
+        allowCpuFallback: train (and let the KerasModel predict) on the CPU when Spark
+            gives a task GPUs that TensorFlow cannot see; False: such a task fails.
     """
 
     @keyword_only
@@ -74,6 +76,7 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
         optimizer=None,
         inferenceBatchSize: int = 4096,
         verbose: int = 0,
+        allowCpuFallback: bool = False,
     ):
         super().__init__()
         self._apply_params(self._input_kwargs)
@@ -99,6 +102,7 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
         optimizer=None,
         inferenceBatchSize: int | None = None,
         verbose: int | None = None,
+        allowCpuFallback: bool | None = None,
     ):
         """Sets the given Params (and the model); None restores a Param's default."""
         return self._apply_params(self._input_kwargs)
@@ -121,6 +125,7 @@ class KerasEstimator(Estimator, KerasEstimatorParams, KerasStagePersistence):
             sample_weight_col=weight,
             batch_size=self.getBatchSize(),
             num_epoch=self.getEpochs(),
+            allow_cpu_fallback=self.getAllowCpuFallback(),
         )
         if registry.takes_workers(name):
             kwargs.update(

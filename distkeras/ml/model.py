@@ -36,6 +36,8 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
         outputCol: the output column (the model's output, an ML DenseVector).
         rawPredictionCol: the per-class scores column (classifiers).
         inferenceBatchSize: rows per prediction batch.
+        allowCpuFallback: predict on the CPU when Spark gives a task GPUs that TensorFlow
+            cannot see; False: such a task fails, naming them (docs/cluster.md, GPUs).
     """
 
     @keyword_only
@@ -49,6 +51,7 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
         outputCol: str = "output",
         rawPredictionCol: str = "rawPrediction",
         inferenceBatchSize: int = 4096,
+        allowCpuFallback: bool = False,
     ):
         super().__init__()
         kwargs = dict(self._input_kwargs)
@@ -65,9 +68,29 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
         outputCol: str | None = None,
         rawPredictionCol: str | None = None,
         inferenceBatchSize: int | None = None,
+        allowCpuFallback: bool | None = None,
     ):
         """Sets the given Params (and the model); None restores a Param's default."""
         return self._apply_params(self._input_kwargs)
+
+    @classmethod
+    def from_mlflow(cls, model_uri: str, custom_objects: dict | None = None, **params):
+        """A KerasModel of a Keras model logged to MLflow (e.g. by a distributed fit).
+
+        Args:
+            model_uri: the logged model: "runs:/<run id>/model", "models:/<id or name>/..."
+                or any URI `mlflow.keras.load_model` takes.
+            custom_objects: classes and functions the model refers to by name.
+            **params: the stage's Params (featuresCol, predictionCol, ...).
+
+        Returns:
+            The KerasModel, without a History.
+        """
+        import mlflow.keras
+
+        return cls(
+            model=mlflow.keras.load_model(model_uri, custom_objects=custom_objects), **params
+        )
 
     def _transform(self, dataset):
         return inference.add_predictions(
@@ -79,6 +102,7 @@ class KerasModel(Model, KerasModelParams, KerasStagePersistence):
             raw_prediction_col=self.getRawPredictionCol(),
             batch_size=self.getInferenceBatchSize(),
             argument="featuresCol",
+            allow_cpu_fallback=self.getAllowCpuFallback(),
         )
 
     # ------------------------------------------------------------- persistence

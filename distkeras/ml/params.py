@@ -116,8 +116,8 @@ class HasKerasModel(Params):
 class KerasModelParams(
     HasKerasModel, HasFeaturesCol, HasPredictionCol, HasOutputCol, HasRawPredictionCol
 ):
-    """Params of inference: featuresCol, predictionCol, outputCol, rawPredictionCol and
-    inferenceBatchSize. An empty column name skips that column."""
+    """Params of inference: featuresCol, predictionCol, outputCol, rawPredictionCol,
+    inferenceBatchSize and allowCpuFallback. An empty column name skips that column."""
 
     inferenceBatchSize = Param(
         Params._dummy(),
@@ -125,10 +125,25 @@ class KerasModelParams(
         "rows per model call when predicting on the executors (> 0).",
         typeConverter=_positive_int("inferenceBatchSize"),
     )
+    allowCpuFallback = Param(
+        Params._dummy(),
+        "allowCpuFallback",
+        "run on the CPU when Spark gives a task GPUs that TensorFlow cannot see (else the "
+        "task fails, naming them).",
+        typeConverter=TypeConverters.toBoolean,
+    )
 
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(outputCol="output", inferenceBatchSize=4096)
+        self._setDefault(outputCol="output", inferenceBatchSize=4096, allowCpuFallback=False)
+
+    def getAllowCpuFallback(self) -> bool:
+        """Whether tasks given GPUs that TensorFlow cannot see run on the CPU."""
+        return self.getOrDefault(self.allowCpuFallback)
+
+    def setAllowCpuFallback(self, value: bool):
+        """Sets whether tasks given GPUs that TensorFlow cannot see run on the CPU."""
+        return self._set(allowCpuFallback=value)
 
     def getInferenceBatchSize(self) -> int:
         """Rows per model call when predicting."""

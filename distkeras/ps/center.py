@@ -160,10 +160,10 @@ class Center:
             return {"clock": self._clock, "round_mode": self.round_mode}
 
     def detach(self, worker_id: int) -> None:
-        """The worker's connection closed."""
+        """The worker's connection ended, said goodbye or not (it may come back)."""
 
     def depart(self, worker_id: int) -> None:
-        """The worker has no more data (LEAVE)."""
+        """The worker has no more data (LEAVE) or is done (GOODBYE)."""
 
     def status(self) -> dict[str, Any]:
         """Reply metadata: clock, stop flag and the published fields."""
@@ -360,9 +360,11 @@ class RoundCenter(Center):
             return {"clock": self._clock, "round_mode": True, "round_timeout": self._round_timeout}
 
     def detach(self, worker_id):
+        # A connection cut without GOODBYE or LEAVE keeps the worker in the round set: a
+        # task retry reconnects it, and a worker that never comes back fails the round by
+        # its timeout, naming it.
         with self._lock:
             self._attached.discard(worker_id)
-        self.depart(worker_id)
 
     def depart(self, worker_id):
         with self._cond:

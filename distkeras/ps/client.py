@@ -41,6 +41,10 @@ class Client:
         connect_timeout: Seconds spent retrying the connection, with exponential backoff.
         require_encryption: Refuse a server that does not encrypt (pass the server's
             `encrypted`). Whether a session is encrypted is the server's choice.
+        server_key: The server's `public_key` to pin: refuse any other server, even one
+            that knows the secret (a worker could). None: trust the secret alone.
+        identity: The driver's observer's static key (`handshake.KeyShare`), when the
+            server pins its public half (`observer_key`).
 
     Raises:
         AuthenticationError: If either side fails the HMAC handshake.
@@ -56,8 +60,12 @@ class Client:
         timeout: float = 30.0,
         connect_timeout: float = 30.0,
         require_encryption: bool = False,
+        server_key: str | None = None,
+        identity: handshake.KeyShare | None = None,
     ) -> None:
         handshake.check_secret(secret)
+        if server_key is not None:
+            handshake.check_public_key(server_key, "server_key")
         if type(worker_id) is not int or not 0 <= worker_id <= schema.MAX_WORKER_ID:
             raise ValueError(
                 f"Expected `worker_id` to be a non-negative int. Received: worker_id={worker_id!r}"
@@ -78,6 +86,7 @@ class Client:
         self._limits = schema.CLIENT_HANDSHAKE_LIMITS
         self._commit_timeout = self._timeout
         self._require_encryption = bool(require_encryption)
+        self._server_key, self._identity = server_key, identity
         self._stream: Stream | None = self._connect(float(connect_timeout))
 
     def _connect(self, connect_timeout: float) -> Stream:
@@ -116,7 +125,12 @@ class Client:
             sock.settimeout(self._timeout)
             stream = Stream(sock)
             welcome = handshake.answer_handshake(
-                stream, self._secret, self.worker_id, self._require_encryption
+                stream,
+                self._secret,
+                self.worker_id,
+                self._require_encryption,
+                self._server_key,
+                self._identity,
             )
             self._welcome(welcome)
         except BaseException:

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from distkeras.errors import DistKerasError
+from distkeras.ps.wire.handshake import KeyShare
 from distkeras.ps.wire.schema import OBSERVER_ID
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class RemoteServer:
         connect_timeout: float,
         tried: str = "",
         encrypted: bool = False,
+        identity: KeyShare | None = None,
     ) -> None:
         self.candidates = list(candidates)
         self.encrypted = encrypted
@@ -65,7 +67,14 @@ class RemoteServer:
         self._error: Exception | None = None
         self._lost_at: float | None = None
         self._closing = threading.Event()
+        # The server pins its public half (`observer_key`): only this driver observes.
+        self._identity = identity or KeyShare()
         self._thread = threading.Thread(target=self._follow, name="distkeras-observer", daemon=True)
+
+    @property
+    def observer_key(self) -> str:
+        """The public key the in-cluster server must pin for this observer (`observer_key`)."""
+        return self._identity.nonce
 
     @property
     def address(self) -> tuple | None:
@@ -137,6 +146,7 @@ class RemoteServer:
                         OBSERVER_ID,
                         connect_timeout=0.5,
                         require_encryption=self.encrypted,
+                        identity=self._identity,
                     )
                 except (OSError, DistKerasError) as exc:
                     errors[f"{address[0]}:{address[1]}"] = str(exc).splitlines()[0]

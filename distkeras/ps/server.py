@@ -141,6 +141,8 @@ class ParameterServer:
             One source holds a quarter of them at most (its own oldest goes first).
         max_connections: Connections at once; beyond it (and with no handshake to drop) a
             new connection is closed at once.
+        observer_key: The public key (64 hex digits) the observer must hold (the driver
+            following an in-cluster server); None: the observer proves the secret only.
 
     Raises:
         ValueError: For invalid arguments (named in the message).
@@ -167,6 +169,7 @@ class ParameterServer:
         advertise_host: str | None = None,
         encryption: bool | None = None,
         shards: ShardProvider | None = None,
+        observer_key: str | None = None,
     ) -> None:
         if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence) or not weights:
             raise ValueError(
@@ -175,6 +178,8 @@ class ParameterServer:
             )
         if secret is not None:
             handshake.check_secret(secret)
+        if observer_key is not None:
+            handshake.check_public_key(observer_key, "observer_key")
         if type(port) is not int or not 0 <= port <= 65535:
             raise ValueError(f"Expected `port` to be an int in [0, 65535]. Received: port={port!r}")
         if round_rule is not None and (type(num_workers) is not int or num_workers < 1):
@@ -217,6 +222,8 @@ class ParameterServer:
         self._encrypted = not is_loopback(host) if encryption is None else bool(encryption)
         self._port = port
         self._secret = secret if secret is not None else os.urandom(32)
+        self._static = handshake.KeyShare()  # its public half is what workers pin
+        self._observer_key = observer_key
         self._on_report = on_report
         self._on_watch = on_watch
         self._shards = shards
@@ -368,6 +375,12 @@ class ParameterServer:
     def encrypted(self) -> bool:
         """Whether sessions are sealed (clients should then `require_encryption`)."""
         return self._encrypted
+
+    @property
+    def public_key(self) -> str:
+        """The server's static public key (64 hex digits): pass it to clients as `server_key`
+        so that they refuse any other server, even one that knows the secret."""
+        return self._static.nonce
 
     @property
     def secret(self) -> bytes:
@@ -539,7 +552,12 @@ class ParameterServer:
         try:
             conn.stream.deadline = conn.accepted + self._handshake_timeout
             conn.worker_id = handshake.serve_handshake(
-                conn.stream, self._secret, functools.partial(self._admit, conn), self._encrypted
+                conn.stream,
+                self._secret,
+                functools.partial(self._admit, conn),
+                self._encrypted,
+                self._static,
+                self._observer_key,
             )
             with self._state_lock:
                 conn.authenticated = True
@@ -620,8 +638,9 @@ class ParameterServer:
                 msg = conn.stream.read(self._limits, validate, conn.buffer_for)
                 conn.stream.deadline = None
                 conn.sock.settimeout(self._session_timeout)  # the reply's sends
-                if msg.type is MsgType.GOODBYE:
+                if msg.type is MsgType.GOODBYE:  # an authenticated close: the worker is done
                     logger.debug("worker %s said goodbye", conn.worker_id)
+                    self._center.depart(conn.worker_id)
                     return
                 reply = self._handlers[msg.type](conn, msg)
             except (MessageRejected, Refused) as exc:

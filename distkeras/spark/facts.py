@@ -122,3 +122,73 @@ def client_host(spark) -> str:
     if not is_connect(spark):
         return setting(spark, "spark.driver.host", "127.0.0.1")
     return route_address(spark.client.host)
+
+
+GPU_EXECUTOR_AMOUNT = "spark.executor.resource.gpu.amount"
+GPU_TASK_AMOUNT = "spark.task.resource.gpu.amount"
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuRequest:
+    """The GPUs a session asks Spark to schedule.
+
+    Attributes:
+        executor_amount: GPUs per executor (`spark.executor.resource.gpu.amount`).
+        task_amount: GPUs per task (`spark.task.resource.gpu.amount`; 0.5 shares one GPU
+            between two tasks).
+        executors: executors of the session, when it tells (None otherwise).
+    """
+
+    executor_amount: float
+    task_amount: float
+    executors: int | None
+
+    @property
+    def tasks_per_executor(self) -> int:
+        """Tasks one executor runs at once by its GPUs."""
+        return int(self.executor_amount / self.task_amount + 1e-9)
+
+    @property
+    def slots(self) -> int | None:
+        """Tasks the session runs at once by its GPUs; None when the executors are unknown."""
+        return None if self.executors is None else self.executors * self.tasks_per_executor
+
+    def settings(self) -> str:
+        """The settings this request comes from, for messages."""
+        return (
+            f"{GPU_EXECUTOR_AMOUNT}={self.executor_amount:g}, "
+            f"{GPU_TASK_AMOUNT}={self.task_amount:g}"
+        )
+
+
+def gpu_request(spark) -> GpuRequest | None:
+    """The session's GPU request; None when its tasks ask for no GPU."""
+    task = float(setting(spark, GPU_TASK_AMOUNT, "0") or 0)
+    if task <= 0:
+        return None
+    executor = setting(spark, GPU_EXECUTOR_AMOUNT)
+    if executor is None and parse_master(master(spark)).kind == "local":
+        executor = setting(spark, "spark.driver.resource.gpu.amount")  # tasks share the driver's
+    return GpuRequest(float(executor or 0), task, _executors(spark))
+
+
+def _executors(spark) -> int | None:
+    """Executors of the session: N of `local-cluster[N,..]`, 1 for `local`, else
+    `spark.executor.instances`, else (classic) those registered now; None if unknown."""
+    parsed = parse_master(master(spark))
+    if parsed.kind == "local":
+        return 1
+    if parsed.kind == "local-cluster":
+        return int(_LOCAL_CLUSTER.fullmatch(master(spark)).group(1))
+    instances = setting(spark, "spark.executor.instances")
+    if instances:
+        return int(instances)
+    if is_connect(spark):
+        return None
+    registered = spark.sparkContext._jsc.sc().getExecutorIds().size()  # no Python API
+    return registered or None
+
+
+def python_worker_reuse(spark) -> bool:
+    """Whether Spark reuses its Python workers across tasks (`spark.python.worker.reuse`)."""
+    return (setting(spark, "spark.python.worker.reuse", "true") or "true").lower() == "true"

@@ -81,7 +81,8 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
     importing it as soon as the session is built (on a local master, once, in Spark's
     Python daemon); Spark's own logging is kept to warnings.
     Under spark-submit, its `--master` wins, so a script runs unchanged there and on the
-    embedded `local[*]`.
+    embedded `local[*]`. With PySpark's SPARK_REMOTE set (`sc://host:port`), the session is a
+    Spark Connect client of that server, and `master`, `app_name` and `conf` are not used.
 
     Args:
         master: Spark master URL used when no session is active and the script was not
@@ -97,6 +98,8 @@ def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", con
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if os.environ.get("SPARK_REMOTE"):  # PySpark's own variable: a Spark Connect server
+        return SparkSession.builder.getOrCreate()
     check_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

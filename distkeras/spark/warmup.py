@@ -25,7 +25,9 @@ def import_keras(batches):
     """`mapInArrow` function: imports Keras (and its backend) in this Python worker."""
     from distkeras.quiet import import_keras
 
-    import_keras()  # the import is the point; without TensorFlow's start-up chatter
+    # The import is the point, without TensorFlow's start-up chatter; not its devices: each
+    # task chooses those (executor.devices), and TensorFlow reads the choice only once.
+    import_keras(devices=False)
     import pyarrow as pa
 
     for _ in batches:

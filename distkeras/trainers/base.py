@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from distkeras import data, inputs, validation
+from distkeras import data, inputs, integrations, validation
 from distkeras.algorithms import registry
 from distkeras.algorithms.base import Algorithm
 from distkeras.inputs import arrays, labels
@@ -23,7 +23,7 @@ from distkeras.model_spec import (
     ensure_keras_model,
 )
 from distkeras.spark import get_spark_session, warmup
-from distkeras.spark.facts import task_cpus, task_slots
+from distkeras.spark.facts import gpu_request, task_cpus, task_slots
 from distkeras.trainers.checkpoint import Checkpointer, load_checkpoint
 from distkeras.trainers.monitor import TrainingMonitor
 from distkeras.trainers.options import CheckpointOptions, ServerOptions
@@ -31,6 +31,8 @@ from distkeras.trainers.plan import FRAME, SHARDS, RunPlan
 from distkeras.trainers.run import TrainingRun
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_NUM_WORKERS = 2  # without GPUs; with them, one per GPU task slot
 
 
 class Trainer:
@@ -48,7 +50,9 @@ class Trainer:
             None.
         batch_size: rows per local step.
         num_epoch: passes over the data.
-        num_workers: parallel workers (Spark tasks, all running at once).
+        num_workers: parallel workers (Spark tasks, all running at once). None: one per
+            GPU task slot when the session requests GPUs (`spark.task.resource.gpu.amount`),
+            else 2.
         communication_window: local steps between two exchanges (λ); None: the default.
         ps_host: address the parameter server binds to and workers connect to; None: the
             loopback in local mode, else `spark.driver.host`. "0.0.0.0" or "::" binds every
@@ -69,6 +73,9 @@ class Trainer:
             written every `checkpoint_interval` seconds and when the run ends or fails.
         checkpoint_interval: seconds between two periodic checkpoints.
         resume_from: a checkpoint folder to continue from: its weights and its epoch.
+        allow_cpu_fallback: when Spark gives a worker GPUs that TensorFlow cannot see (a
+            CPU-only build, a driver mismatch), train on the CPU; False: the worker fails
+            naming the GPUs and what TensorFlow sees (docs/cluster.md, GPUs).
         **parameters: the algorithm's own arguments (e.g. `rho=5.0` for the elastic
             trainers); names and defaults are in distkeras.algorithms.registry.
     """
@@ -91,7 +98,7 @@ class Trainer:
         label_col="label",
         batch_size: int = 32,
         num_epoch: int = 1,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         communication_window: int | None = None,
         ps_host: str | None = None,
         ps_port: int = 0,
@@ -104,6 +111,7 @@ class Trainer:
         checkpoint_interval: float = 600.0,
         resume_from: str | None = None,
         sample_weight_col: str | None = None,
+        allow_cpu_fallback: bool = False,
         **parameters,
     ):
         if self.spec is None:
@@ -127,7 +135,12 @@ class Trainer:
         self.sample_weight_col = sample_weight_col
         self.batch_size = validation.positive_int("batch_size", batch_size)
         self.num_epoch = validation.positive_int("num_epoch", num_epoch)
-        self.num_workers = validation.positive_int("num_workers", num_workers)
+        self._sized_by_cluster = num_workers is None  # sized again at each run
+        self.num_workers = (
+            DEFAULT_NUM_WORKERS
+            if num_workers is None
+            else validation.positive_int("num_workers", num_workers)
+        )
         if communication_window is not None:
             validation.positive_int("communication_window", communication_window)
         self.communication_window = communication_window
@@ -138,8 +151,10 @@ class Trainer:
         self.worker_timeout = validation.positive_number("worker_timeout", worker_timeout)
         self.custom_objects = custom_objects
         self.seed = seed
+        self.allow_cpu_fallback = validation.flag("allow_cpu_fallback", allow_cpu_fallback)
         self._imports = None  # the executors' early imports (warmup.start_imports)
         self.history = None
+        self.plan: RunPlan | None = None  # the last fit's decisions (logged by integrations)
         self.parameter_server_stats: dict = {}
         self.worker_summaries: list[dict] = []
         self._training_time = 0.0
@@ -278,7 +293,8 @@ class Trainer:
             sample_weight_col=self.sample_weight_col,
             spark=self._spark,
         )
-        self._run(fit_inputs, options, callbacks, verbose, weights_by_class)
+        with integrations.tracked_fit(self, callbacks) as callbacks:
+            self._run(fit_inputs, options, callbacks, verbose, weights_by_class)
         return self.history
 
     def get_training_time(self) -> float:
@@ -291,6 +307,7 @@ class Trainer:
         """The session, with the executors' early Keras import started (once per session):
         they import while the driver converts the data and builds the plan."""
         spark = get_spark_session()
+        self._size(gpu_request(spark))
         self._imports = self._imports or warmup.start_imports(spark, self.num_workers)
         return spark
 
@@ -305,13 +322,32 @@ class Trainer:
             {c: widths[c] for c in train.labels},
         )
 
+    def _size(self, gpus) -> None:
+        """Sets `num_workers` for a run when it was not given: the GPU task slots of a
+        session that requests GPUs (`gpus`, a GpuRequest or None), else DEFAULT_NUM_WORKERS."""
+        if self._sized_by_cluster:
+            self.num_workers = (gpus.slots if gpus else None) or DEFAULT_NUM_WORKERS
+
     def _check_slots(self, spark) -> int:
+        """Checks that the session runs all workers at once (by cores, then by GPUs); returns
+        the workers' threads."""
+        gpus = gpu_request(spark)
+        self._size(gpus)
         slots = task_slots(spark)
         if slots is not None and slots < self.num_workers:
             raise RuntimeError(
                 f"num_workers={self.num_workers}, but the cluster runs only {slots} tasks at "
                 "once, and all workers must run together. Lower `num_workers`, or give Spark "
                 f"more cores (e.g. master 'local[{self.num_workers}]' or more executors)."
+            )
+        if gpus is not None and gpus.slots is not None and gpus.slots < self.num_workers:
+            raise RuntimeError(
+                f"num_workers={self.num_workers}, but the cluster runs only {gpus.slots} GPU "
+                f"tasks at once ({gpus.executors} executor(s) with {gpus.settings()}), and all "
+                "workers must run together. Lower `num_workers` (None: one per GPU task "
+                "slot), give each executor more GPUs (spark.executor.resource.gpu.amount), "
+                "add executors, or share GPUs (spark.task.resource.gpu.amount=0.5 puts two "
+                "workers on one GPU)."
             )
         return task_cpus(spark)
 
@@ -367,6 +403,7 @@ class Trainer:
             custom_objects=self.custom_objects,
             worker_timeout=self.worker_timeout,
             input_shapes=tuple(inputs.row_shapes(self.model) or [None] * len(train.features)),
+            allow_cpu_fallback=self.allow_cpu_fallback,
         )
 
     def _run(
@@ -382,7 +419,7 @@ class Trainer:
         threads = self._check_slots(spark)
         imports = self._imports or warmup.start_imports(spark, self.num_workers)
         self._imports = None
-        plan = self._plan(fit_inputs, options, threads, class_weight)
+        plan = self.plan = self._plan(fit_inputs, options, threads, class_weight)
 
         callback_list = _callback_list(callbacks, model, verbose, plan.epochs)
         checkpoints = self.checkpoint_options
@@ -414,6 +451,14 @@ class Trainer:
         try:
             with run:
                 self.worker_summaries = run.train(imports)
+            for summary in self.worker_summaries:
+                logger.info(
+                    "worker %d ran on %s, pid %d: %s",
+                    summary["worker"],
+                    summary["host"],
+                    summary["pid"],
+                    summary["devices"],
+                )
         finally:
             self._training_time = run.seconds
             self.parameter_server_stats = run.stats

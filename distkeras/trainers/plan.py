@@ -38,6 +38,8 @@ class RunPlan:
         custom_objects: classes and functions the model refers to by name.
         worker_timeout: seconds a worker may stay silent (also a round's time limit).
         input_shapes: per input, the shape without batch that flat rows take, or None.
+        allow_cpu_fallback: workers given GPUs that TensorFlow cannot see train on the CPU
+            (else they fail naming them).
     """
 
     algorithm: Algorithm
@@ -55,6 +57,7 @@ class RunPlan:
     custom_objects: dict | None = None
     worker_timeout: float = 600.0
     input_shapes: tuple = ()
+    allow_cpu_fallback: bool = False
 
     def __post_init__(self) -> None:
         if self.data_path not in (SHARDS, FRAME):

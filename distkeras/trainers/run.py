@@ -133,6 +133,7 @@ class TrainingRun:
             plan.worker_timeout,
             encryption=encryption,
             session_timeout=session_timeout,
+            observer_key=remote.observer_key,
         )
         return remote
 
@@ -187,6 +188,8 @@ class TrainingRun:
             address=self.server.advertised_address,
             secret=self.server.secret,
             require_encryption=self.server.encrypted,
+            # Pinned by the workers; a server in the cluster shares its own key (HostedServer).
+            server_key=None if self.hosted is not None else self.server.public_key,
             feature_cols=train.features,
             label_cols=train.labels,
             input_shapes=list(plan.input_shapes),
@@ -203,6 +206,7 @@ class TrainingRun:
             first_epoch=plan.first_epoch,
             hosted=self.hosted,
             direct=self._direct(),
+            allow_cpu_fallback=plan.allow_cpu_fallback,
             backend=backend,
         )
 

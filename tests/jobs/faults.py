@@ -1,6 +1,7 @@
 """Test-only fault injection through the worker's `on_exchange` hook.
 
-exchange_fault builds a hook that fails or hangs one worker once; plan_with makes the
+exchange_fault builds a hook that fails or hangs one worker once, exchange_wait one that
+holds every worker at an exchange until the driver gets somewhere; plan_with makes the
 trainers build their WorkerPlan with it (tests patch `distkeras.trainers.run.WorkerPlan`).
 A fault may wait for a file the driver leaves (e.g. at an epoch's end), so that it happens at
 a known point of the run whatever the workers' relative pace.
@@ -32,11 +33,7 @@ def exchange_fault(
         if worker_id != worker or commits != after_commits:
             return
         if wait_for is not None:
-            deadline = time.monotonic() + wait_timeout
-            while not os.path.exists(wait_for):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{wait_for} did not appear in {wait_timeout} s")
-                time.sleep(0.01)
+            wait_for_file(wait_for, wait_timeout)
         try:
             with open(marker, "x"):  # only the first attempt gets here
                 pass
@@ -47,6 +44,26 @@ def exchange_fault(
             while time.monotonic() < deadline:
                 time.sleep(0.1)
         raise RuntimeError(f"test fault injected after {commits} commits (pid {os.getpid()})")
+
+    return on_exchange
+
+
+def wait_for_file(path: str, timeout: float) -> None:
+    """Waits until `path` exists; TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.01)
+
+
+def exchange_wait(at_commits: int, wait_for: str, wait_timeout: float = 300.0):
+    """A hook making every worker wait, at its `at_commits`-th exchange, until `wait_for`
+    exists: no worker gets past that point of its run before the driver does."""
+
+    def on_exchange(worker_id: int, commits: int) -> None:
+        if commits == at_commits:
+            wait_for_file(wait_for, wait_timeout)
 
     return on_exchange
 

@@ -30,8 +30,8 @@ from distkeras.ps.wire.schema import (
 )
 
 MAGIC = b"DKPS"
-VERSION = 3
-FLAG_TAGGED = 0x1  # the frame is followed by a Poly1305 tag (every frame after the handshake)
+VERSION = 4
+FLAG_TAGGED = 0x1  # Poly1305 tags after the metadata and the payload (after the handshake)
 FLAG_SEALED = 0x2  # metadata and payload are AES-GCM records (encrypted sessions)
 HEADER = struct.Struct("!4sBBHIQ")  # magic, version, type, flags, metadata length, payload length
 HEADER_SIZE = HEADER.size  # 20 bytes

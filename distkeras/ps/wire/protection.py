@@ -1,9 +1,11 @@
 """What guards a frame's bytes: one strategy object per session state, for both directions.
 
-Plain: the handshake's frames, as they are. Tagged: every frame followed by a Poly1305 tag
-under a one-time key per frame (FrameMac). Sealed: the metadata and the payload as AES-256-GCM
-records (FrameSeal), the header as associated data. Each strategy sends frames with its flag
-and refuses, on receipt, any frame not protected as it requires. Keys come from the handshake.
+Plain: the handshake's frames, as they are. Tagged: the header and metadata, then the payload,
+each followed by a Poly1305 tag under a one-time key (FrameMac), so that nothing is parsed
+before it is authenticated. Sealed: the metadata and the payload as AES-256-GCM records
+(FrameSeal), the header as associated data, the key updated on a byte budget. Each strategy
+sends frames with its flag and refuses, on receipt, any frame not protected as it requires.
+Keys come from the handshake.
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ TAG_SIZE = 16  # Poly1305's tag after a tagged frame; AES-GCM's after each seale
 KEY_SIZE = 32  # each direction's key
 RECORD_SIZE = 1 << 20  # plaintext bytes of a sealed payload record, at most
 _NONCE_SIZE = 12
-_MAX_RECORDS = 2**64  # records per direction before the nonce would repeat (never reached)
+_MAX_RECORDS = 2**64  # records per key before the nonce would repeat (never reached)
+# Plaintext bytes sealed under one key before both sides move to the next (implicitly, at the
+# same record): far below AES-GCM's per-key limit (TLS 1.3 allows about 2^38 bytes).
+KEY_BUDGET = 1 << 35
+_UPDATE_LABEL = b"distkeras v4 key update"
 _SEND_PIECE = 1 << 20  # bytes sent between two updates of a frame's tag
 _TAG_PIECE = 1 << 18  # bytes received between two updates of a frame's tag, at most
 
@@ -71,16 +77,31 @@ class FrameSeal:
     """Seals (or opens) the records of one direction of a session, in order.
 
     Each record is AES-256-GCM under this direction's key with the record's sequence number
-    as nonce, so that a record cannot be read, altered, injected, replayed, reordered or
-    reflected without opening failing.
+    under that key as nonce, so that a record cannot be read, altered, injected, replayed,
+    reordered or reflected without opening failing. Once `budget` plaintext bytes have been
+    sealed under a key, the next record uses key' = HMAC-SHA256(key, label) and a sequence
+    starting again at 0; both sides count the same bytes, so no message is needed.
 
     Args:
         key: This direction's 32-byte session key.
+        budget: Plaintext bytes per key (default `KEY_BUDGET`).
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, budget: int | None = None) -> None:
+        self._key = key
         self._aead = AESGCM(key)
+        self._budget = KEY_BUDGET if budget is None else budget
+        self._sealed = 0  # plaintext bytes under the current key
         self.sequence = 0
+        self.updates = 0
+
+    def _count(self, nbytes: int) -> None:
+        self._sealed += nbytes
+        if self._sealed >= self._budget:
+            self._key = hmac.new(self._key, _UPDATE_LABEL, hashlib.sha256).digest()
+            self._aead = AESGCM(self._key)
+            self._sealed = self.sequence = 0
+            self.updates += 1
 
     def _next_nonce(self) -> bytes:
         if self.sequence >= _MAX_RECORDS:
@@ -92,6 +113,7 @@ class FrameSeal:
     def seal_into(self, data, associated: bytes, out) -> None:
         """Writes the record of `data` (len(data) + TAG_SIZE bytes) into `out`."""
         self._aead.encrypt_into(self._next_nonce(), data, associated, out)
+        self._count(memoryview(data).nbytes)
 
     def open_into(self, record, associated: bytes, out) -> None:
         """Writes the plaintext of `record` into `out` (len(record) - TAG_SIZE bytes).
@@ -105,9 +127,10 @@ class FrameSeal:
             raise AuthenticationError(
                 "a sealed record failed authentication: altered, injected, replayed or out of order"
             ) from None
+        self._count(memoryview(record).nbytes - TAG_SIZE)
 
     def __repr__(self) -> str:
-        return f"FrameSeal(sequence={self.sequence})"
+        return f"FrameSeal(sequence={self.sequence}, updates={self.updates})"
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -176,29 +199,33 @@ class Tagged(Protection):
         self.send_mac, self.recv_mac = send, recv
 
     def send(self, sock, msg_type, meta=None, arrays=()) -> int:
-        buffers = encode(msg_type, meta, arrays, FLAG_TAGGED)
+        head, *payload = encode(msg_type, meta, arrays, FLAG_TAGGED)
+        head_tag = _tag(self.send_mac.next(), head)
+        if not payload:
+            return send_buffers(sock, [head, head_tag])
         tagger = self.send_mac.next()
-        nbytes = sum(memoryview(b).nbytes for b in buffers)
-        if nbytes <= _SEND_PIECE:  # small: one scatter/gather send, tag included
-            for buffer in buffers:
+        nbytes = sum(memoryview(b).nbytes for b in payload)
+        if nbytes <= _SEND_PIECE:  # small: one scatter/gather send, tags included
+            for buffer in payload:
                 tagger.update(buffer)
-            return send_buffers(sock, [*buffers, tagger.finalize()])
+            return send_buffers(sock, [head, head_tag, *payload, tagger.finalize()])
+        sent = send_buffers(sock, [head, head_tag])
         # Tag each piece right after sending it: the tag's computation overlaps the peer's read.
-        for buffer in buffers:
+        for buffer in payload:
             view = memoryview(buffer).cast("B")
             for start in range(0, view.nbytes, _SEND_PIECE):
                 piece = view[start : start + _SEND_PIECE]
                 sock.sendall(piece)
                 tagger.update(piece)
         sock.sendall(tagger.finalize())
-        return nbytes + TAG_SIZE
+        return sent + nbytes + TAG_SIZE
 
     def receive(self, msg_type, flags, header, recv_into) -> FrameBody:
         if flags == FLAG_SEALED:
             raise ProtocolError("header flags 0x2 (sealed) outside an encrypted session")
         if flags != FLAG_TAGGED:
             raise AuthenticationError(f"untagged {msg_type.name} frame in an authenticated session")
-        return _TaggedBody(recv_into, header, self.recv_mac.next(), msg_type)
+        return _TaggedBody(recv_into, header, self.recv_mac, msg_type)
 
     def __repr__(self) -> str:
         return f"Tagged(send={self.send_mac}, recv={self.recv_mac})"
@@ -302,25 +329,46 @@ class _ClearBody:
 
 
 class _TaggedBody(_ClearBody):
-    """A frame's body in clear, each byte tagged as it is received, then its tag checked."""
+    """A frame's body in clear: the metadata, checked against its tag (with the header)
+    before it is parsed; then the payload, each byte tagged as it is received, and its tag."""
 
-    def __init__(
-        self, recv_into: RecvInto, header: bytes, tagger: Poly1305, msg_type: MsgType
-    ) -> None:
-        tagger.update(header)
+    def __init__(self, recv_into: RecvInto, header: bytes, mac: FrameMac, msg_type: MsgType):
+        super().__init__(self._teed)
+        self._raw, self._mac, self._msg_type = recv_into, mac, msg_type
+        self._tagger = mac.next()
+        self._tagger.update(header)
+        self._payload_tagged = False
 
-        def recv(view: memoryview) -> int:
-            n = recv_into(view[:_TAG_PIECE])  # tagged while the bytes are still in the cache
-            tagger.update(view[:n])
-            return n
-
-        super().__init__(recv)
-        self._raw, self._tagger, self._msg_type = recv_into, tagger, msg_type
+    def _teed(self, view: memoryview) -> int:
+        n = self._raw(view[:_TAG_PIECE])  # tagged while the bytes are still in the cache
+        self._tagger.update(view[:n])
+        return n
 
     def overhead(self, payload_len: int) -> int:
-        return TAG_SIZE
+        return TAG_SIZE * (2 if payload_len else 1)
+
+    def metadata(self, nbytes: int) -> bytes:
+        raw = super().metadata(nbytes)
+        self._verify()
+        return raw
+
+    def payload(self, view: memoryview) -> None:
+        self._tag_payload()
+        super().payload(view)
+
+    def skip(self, nbytes: int) -> None:
+        if nbytes:
+            self._tag_payload()
+            super().skip(nbytes)
 
     def finish(self) -> None:
+        if self._payload_tagged:
+            self._verify()
+
+    def _tag_payload(self) -> None:
+        self._tagger, self._payload_tagged = self._mac.next(), True
+
+    def _verify(self) -> None:
         tag = bytearray(TAG_SIZE)
         recv_exact(self._raw, memoryview(tag), "tag bytes")
         try:
@@ -330,6 +378,11 @@ class _TaggedBody(_ClearBody):
                 f"{self._msg_type.name} frame failed authentication: altered, injected, "
                 "replayed or out of order"
             ) from None
+
+
+def _tag(tagger: Poly1305, data: Any) -> bytes:
+    tagger.update(data)
+    return tagger.finalize()
 
 
 class _SealedBody:

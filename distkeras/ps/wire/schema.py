@@ -13,6 +13,7 @@ import enum
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ Address = tuple[str, int]
 class MsgType(enum.IntEnum):
     """Message types; the numeric values are part of the wire format."""
 
-    CHALLENGE = 1  # server -> client: {"nonce", "sealed"}
+    CHALLENGE = 1  # server -> client: {"nonce", "sealed", "server_key"}
     RESPONSE = 2  # client -> server: {"digest", "nonce", "worker_id"}
     WELCOME = 3  # server -> client: {"digest", "clock", "center", "round_mode"}
     PULL = 10  # client -> server: {}
@@ -63,7 +64,7 @@ _HEX_DIGEST = ("hex", hashlib.sha256().digest_size)
 # extra fields (e.g. the server's published ones) without a schema change. A new message type
 # is one entry here, one in MsgType and one handler in the server's dispatch table.
 SCHEMA: dict[MsgType, dict[str, Any]] = {
-    MsgType.CHALLENGE: {"nonce": _HEX_NONCE, "sealed": bool},
+    MsgType.CHALLENGE: {"nonce": _HEX_NONCE, "sealed": bool, "server_key": _HEX_NONCE},
     MsgType.RESPONSE: {"digest": _HEX_DIGEST, "nonce": _HEX_NONCE, "worker_id": "worker_id"},
     MsgType.WELCOME: {
         "digest": _HEX_DIGEST,
@@ -335,10 +336,12 @@ def _check_specs(value: Any, key: str, max_arrays: int) -> int:
     return total
 
 
+LOWER_HEX = re.compile(r"[0-9a-f]*")  # strict: no spaces, no upper case, no 0x
+
+
 def _check_hex(value: Any, key: str, nbytes: int) -> None:
+    """Strict: exactly 2 * nbytes lowercase hexadecimal digits (no spaces, no case games)."""
     if not isinstance(value, str) or len(value) != 2 * nbytes:
         raise ProtocolError(f"metadata field {key!r} must be {nbytes} bytes in hex")
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        raise ProtocolError(f"metadata field {key!r} is not hexadecimal") from None
+    if not LOWER_HEX.fullmatch(value):
+        raise ProtocolError(f"metadata field {key!r} is not lowercase hexadecimal")
