@@ -25,6 +25,7 @@ from distkeras.model_spec import ModelSpec
 from .conftest import mlp
 
 JOB = Path(__file__).parent / "jobs" / "backend_job.py"
+JOB_LIMIT = pytest.mark.timeout(900)  # the first JAX test runs the job: 460 s at a load of 20
 
 
 def test_a_worker_on_another_backend_fails_naming_both():
@@ -102,14 +103,14 @@ def jax_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # the first one runs the job (460 s seen at a load of 20)
+@JOB_LIMIT
 def test_jax_driver_and_workers(jax_run):
     assert jax_run["driver_backend"] == jax_run["worker_backend"] == "jax"
     print("JAX job phases (s):", jax_run["seconds"])
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # the first one runs the job (460 s seen at a load of 20)
+@JOB_LIMIT
 def test_jax_windows_carry_the_optimizer_state(jax_run):
     assert jax_run["window_steps"] == [4, 2, 2, 3], jax_run
     assert jax_run["window_difference"] < 1e-5, jax_run  # float32 sums in another order
@@ -118,14 +119,14 @@ def test_jax_windows_carry_the_optimizer_state(jax_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # the first one runs the job (460 s seen at a load of 20)
+@JOB_LIMIT
 def test_jax_default_trainer_reaches_the_accuracy_floor(jax_run):
     # Measured 0.94 on the digits after 8-10 epochs (TensorFlow: the same); chance is 0.10.
     assert jax_run["default_accuracy"] >= 0.85, jax_run
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # the first one runs the job (460 s seen at a load of 20)
+@JOB_LIMIT
 def test_jax_synchronous_trainer_with_validation_callback_and_sample_weights(jax_run):
     # Class 0 weighs nothing: the model learns the nine others (measured 0.91) and never
     # predicts 0 (measured recall 0.0; 0.9+ when the weights are ignored).
@@ -137,7 +138,7 @@ def test_jax_synchronous_trainer_with_validation_callback_and_sample_weights(jax
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # the first one runs the job (460 s seen at a load of 20)
+@JOB_LIMIT
 def test_jax_pipeline_transform_save_load_and_evaluate(jax_run):
     assert jax_run["transform_accuracy"] >= 0.85, jax_run
     assert jax_run["loaded_same"], jax_run
