@@ -161,3 +161,38 @@ def test_a_silent_worker_fails_the_run_naming_it(served):
     alive = {"worker_id": 0, "epoch": 0, "steps": 1, "logs": {"loss": 1.0}}
     with pytest.raises(WorkerError, match=r"worker 1 sent no progress .*worker_timeout=0.5"):
         follow(monitor, server, started, hold=threading.Event(), heartbeat=alive)
+
+
+def test_a_worker_waiting_in_a_round_is_not_the_one_named_hung():
+    """Worker 0 commits and waits in the round; worker 1 hangs. The monitor's silence check
+    (here before the round's timeout) leaves worker 0 alone and names worker 1."""
+    model = mlp(input_dim=4, hidden=(3,), classes=2)
+    server = ParameterServer(
+        model.get_weights(),
+        host="127.0.0.1",
+        secret=SECRET,
+        round_rule=lambda center, commits: None,
+        num_workers=2,
+        round_timeout=5.0,
+    ).start()
+    errors = []
+
+    def commit_and_wait():
+        with Client(server.advertised_address, SECRET, worker_id=0) as client:
+            try:
+                client.commit(model.get_weights())
+            except Exception as error:  # the round's failure, told to the waiting worker
+                errors.append(error)
+
+    committer = threading.Thread(target=commit_and_wait, daemon=True)
+    try:
+        monitor, callbacks = monitor_for(model, Recorder(), epochs=1, worker_timeout=1.0)
+        callbacks.on_train_begin()
+        committer.start()
+        started = reports(1, losses=[[1.0], [1.0]])[:2]
+        with pytest.raises(WorkerError, match=r"worker 1 sent no progress"):
+            follow(monitor, server, started, hold=threading.Event())
+    finally:
+        server.stop()
+        committer.join(30)
+    assert not committer.is_alive() and errors

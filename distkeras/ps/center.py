@@ -137,6 +137,10 @@ class Center:
         with self._lock:
             self._rejected += 1
 
+    def waiting(self) -> set[int]:
+        """Workers whose commit waits for others (a round); none outside round mode."""
+        return set()
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             count = self._staleness_count
@@ -345,6 +349,10 @@ class RoundCenter(Center):
         self._round_deadline = 0.0
         self._attempt = 0  # +1 per completed or refused round
         self._refusal: tuple[int, str] | None = None  # (attempt, reason) of a refused round
+
+    def waiting(self) -> set[int]:
+        with self._lock:
+            return set(self._pending)
 
     def admit(self, worker_id):
         with self._lock:

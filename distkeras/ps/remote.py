@@ -93,6 +93,10 @@ class RemoteServer:
             return None
         return self._error
 
+    def waiting(self) -> set[int]:
+        """Workers waiting in a round: unknown here (the observer sees only reports)."""
+        return set()
+
     def start(self) -> RemoteServer:
         """Starts following the server (call once the Spark job runs)."""
         self._thread.start()

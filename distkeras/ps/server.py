@@ -402,6 +402,10 @@ class ParameterServer:
         """None, or the fatal server-side condition (round timeout, failing rule)."""
         return self._center.failure
 
+    def waiting(self) -> set[int]:
+        """Workers whose commit waits in a round for the others (none in async mode)."""
+        return self._center.waiting()
+
     def get_weights(self) -> list[np.ndarray]:
         """Returns a consistent copy of the center."""
         return self._center.get_weights()

@@ -189,7 +189,12 @@ class TrainingMonitor:
 
     def _check_silence(self) -> None:
         now = time.monotonic()
+        # A worker whose commit waits in a round is not hung: the round's own timeout names
+        # the workers it waits for.
+        waiting = self.server.waiting()
         for worker, heard in self.last_heard.items():
+            if worker in waiting:
+                continue
             # Before its first report a worker is still starting (Python, TensorFlow, model).
             allowed = (
                 self.worker_timeout
