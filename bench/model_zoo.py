@@ -10,13 +10,15 @@ first `fit` of the process's Spark session against the 8 s target is printed onl
 `--first-fit` is given, in a fresh process (it must be the session's first job).
 
 Usage: .venv/bin/python bench/model_zoo.py [--epochs 8] [--pairs 3] [--families mlp,gru]
-    [--first-fit]
+    [--first-fit] [--algorithm ADAG] [--workers 2] [--window 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -137,8 +139,9 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
 
 
-def pair(family: str, seed: int, digits, epochs: int) -> dict:
-    """`model.fit` and the default trainer from the same initial weights."""
+def pair(family: str, seed: int, digits, epochs: int, trainer_args: dict | None = None) -> dict:
+    """`model.fit` and a trainer (the default, or `trainer_args`: algorithm, num_workers,
+    communication_window) from the same initial weights."""
     from distkeras.algorithms import registry
     from distkeras.trainers import make_trainer
 
@@ -153,7 +156,8 @@ def pair(family: str, seed: int, digits, epochs: int) -> dict:
     model = compiled(family, seed)
     model.build((None, 64))
     model.set_weights(start)
-    trainer = make_trainer(registry.DEFAULT, model, num_workers=2, seed=seed)
+    args = {"algorithm": registry.DEFAULT, "num_workers": 2, **(trainer_args or {})}
+    trainer = make_trainer(args.pop("algorithm"), model, seed=seed, **args)
     started = time.perf_counter()
     trainer.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
     trainer_seconds = time.perf_counter() - started
@@ -173,6 +177,7 @@ def first_session_fit(digits) -> float:
     from distkeras.trainers import make_trainer
 
     (x, y), _ = digits
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # as in an activated virtualenv
     SparkSession.builder.master("local[2]").getOrCreate()
     trainer = make_trainer(registry.DEFAULT, compiled("mlp", 0), num_workers=2, seed=0)
     started = time.perf_counter()
@@ -186,6 +191,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--first-fit", action="store_true")
+    parser.add_argument("--algorithm", default=None, help="instead of the default trainer")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--window", type=int, default=None, help="communication_window")
     args = parser.parse_args()
 
     from distkeras.datasets import load_digits
@@ -203,8 +211,11 @@ def main() -> None:
         f"{'family':<18} {'fit acc':>8} {'trainer':>8} {'diff':>6} {'fit s':>6} "
         f"{'trainer s':>9} {'ratio':>6} {'later s':>8}"
     )
+    trainer_args = {"num_workers": args.workers, "communication_window": args.window}
+    if args.algorithm:
+        trainer_args["algorithm"] = args.algorithm
     for family in args.families.split(","):
-        runs = [pair(family, seed, digits, args.epochs) for seed in range(args.pairs)]
+        runs = [pair(family, seed, digits, args.epochs, trainer_args) for seed in range(args.pairs)]
         fit_acc = statistics.mean(r["fit"] for r in runs)
         trainer_acc = statistics.mean(r["trainer"] for r in runs)
         first = runs[0]

@@ -70,7 +70,7 @@ def launched_by_spark_submit() -> bool:
 # For local masters (executors share this Python environment): Python workers start with Keras
 # imported, forked from a daemon that imported it once. A cluster whose executors have distkeras
 # installed can set it too (docs/cluster.md); `conf` overrides it.
-PRELOAD_CONF = {"spark.python.daemon.module": "distkeras.executor.daemon"}
+PRELOAD_CONF = {warmup.DAEMON_SETTING: warmup.DAEMON_MODULE}
 
 
 def get_spark_session(master: str = "local[*]", app_name: str = "distkeras", conf=None):

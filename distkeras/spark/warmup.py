@@ -3,22 +3,30 @@ driver's own preparation.
 
 start_imports(spark, n) launches, once per SparkSession, a background Spark job of n tasks
 that import Keras (with the backend of the executors' environment: spark.session gives them
-the driver's) in the executors' Python workers; Spark reuses those
-workers for the training tasks that follow. Nothing here trains or talks to the server.
+the driver's) in the executors' Python workers; Spark reuses those workers for the training
+tasks that follow. On a local session the user built (their own `SparkSession.builder`), it
+first points Spark's Python daemon at the one that imports Keras once before forking
+workers (preload_in_daemon). Nothing here trains or talks to the server.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
 import weakref
 
 from distkeras.spark.backend import follow_backend
+from distkeras.spark.facts import is_connect, parse_master
 from distkeras.spark.job import SparkJob
 
 logger = logging.getLogger(__name__)
 
 _WARMED: weakref.WeakSet = weakref.WeakSet()
 SCHEMA = "imported long"
+DAEMON_SETTING = "spark.python.daemon.module"
+DAEMON_MODULE = "distkeras.executor.daemon"
 
 
 def import_keras(batches):
@@ -43,6 +51,7 @@ def start_imports(spark, num_tasks: int) -> SparkJob | None:
     if spark in _WARMED:
         return None
     _WARMED.add(spark)
+    preload_in_daemon(spark)
     follow_backend(spark)  # the Python workers the training job will reuse: its backend
     frame = spark.range(0, num_tasks, 1, num_tasks).mapInArrow(import_keras, SCHEMA)
     job = SparkJob(spark, frame.collect, "distkeras: executors import Keras")
@@ -59,3 +68,30 @@ def finish(job: SparkJob | None, timeout: float = 300.0) -> None:
         job.result(timeout)
     except Exception as error:  # the training job reports real problems itself
         logger.warning("executors' early imports failed: %s", error)
+
+
+def preload_in_daemon(spark) -> bool:
+    """Sets Spark's Python daemon to distkeras.executor.daemon (Keras imported once, before
+    it forks each worker) on a classic local session whose executors run this Python and
+    that names no daemon of its own, as `get_spark_session` builds its sessions.
+
+    Spark reads the setting from the context's live configuration when it starts the daemon,
+    at the session's first Python task: on a session that already ran one, this changes
+    nothing. Returns True when it set it.
+    """
+    if is_connect(spark):
+        return False
+    context = spark.sparkContext
+    conf = context._conf  # the JVM context's own SparkConf, not a copy
+    executable = shutil.which(context.pythonExec or "python3")
+    if (
+        conf.get(DAEMON_SETTING) is not None
+        or parse_master(context.master).kind != "local"
+        or executable is None
+        or os.path.dirname(os.path.abspath(executable))
+        != os.path.dirname(os.path.abspath(sys.executable))  # another environment
+    ):
+        return False
+    conf.set(DAEMON_SETTING, DAEMON_MODULE)
+    logger.debug("the session's Python daemon preloads Keras (%s)", DAEMON_MODULE)
+    return True
