@@ -109,6 +109,11 @@ def build_like_fit(model, first_batch: Callable[[], tuple]) -> None:
         first_batch: returns `(x, y, sample_weight)`; called only if the model is unbuilt.
     """
     if not is_built(model):
+        from keras.src.random.seed_generator import global_seed_generator
+
+        # Made now, outside the symbolic build, as fit's input handling makes it first: an
+        # initializer drawing unseeded numbers there needs its state to be a real variable.
+        global_seed_generator()
         model._symbolic_build(data_batch=first_batch())
 
 
