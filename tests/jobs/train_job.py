@@ -14,6 +14,7 @@ import time
 import faults  # tests/jobs/faults.py, next to this script
 import keras
 import numpy as np
+from pyspark import cloudpickle
 
 from distkeras import trainers
 from distkeras.datasets import load_mnist
@@ -87,6 +88,8 @@ def main() -> None:
         wait_for = (
             None if args.fault_after_epoch is None else f"{marker}.epoch-{args.fault_after_epoch}"
         )
+        # The executors cannot import this folder's modules: the hook travels by value.
+        cloudpickle.register_pickle_by_value(faults)
         hook = faults.exchange_fault(int(worker), int(after), action, marker, wait_for=wait_for)
         trainers_run.WorkerPlan = faults.plan_with(hook)
     started = time.monotonic()
