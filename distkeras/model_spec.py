@@ -114,7 +114,22 @@ def build_like_fit(model, first_batch: Callable[[], tuple]) -> None:
         # Made now, outside the symbolic build, as fit's input handling makes it first: an
         # initializer drawing unseeded numbers there needs its state to be a real variable.
         global_seed_generator()
-        model._symbolic_build(data_batch=first_batch())
+        model._symbolic_build(data_batch=_as_fit_sees_it(first_batch()))
+
+
+def _as_fit_sees_it(batch):
+    """The batch with numpy strings as string tensors: `model.fit` reads numpy strings
+    through tf.data (TensorFlow only), and Keras' symbolic build takes no object dtype."""
+    from keras import tree
+
+    def convert(value):
+        if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+            import tensorflow as tf
+
+            return tf.constant(value.astype(str))
+        return value
+
+    return tree.map_structure(convert, batch)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,11 +49,11 @@ class WindowRunner:
         """The window function, traced for windows shaped like `data` of any row count."""
         import tensorflow as tf
 
-        first = tf.nest.map_structure(lambda t: t[: self.batch_size], data)
+        # As tensors: numpy strings (object arrays) become tf.string, as fit's tf.data makes them.
+        first = tf.nest.map_structure(lambda t: tf.convert_to_tensor(t[: self.batch_size]), data)
         self.model._symbolic_build(data_batch=first)  # what fit builds before its first step
         signature = tf.nest.map_structure(
-            lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype),
-            tf.nest.map_structure(tf.convert_to_tensor, first),
+            lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), first
         )
         # A callable object, not a method: TensorFlow keys its retracing statistics on a
         # function's code, which every runner would share, but on the object itself here.
