@@ -103,6 +103,7 @@ def jax_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.apps
 @JOB_LIMIT
 def test_jax_driver_and_workers(jax_run):
     assert jax_run["driver_backend"] == jax_run["worker_backend"] == "jax"
@@ -110,6 +111,7 @@ def test_jax_driver_and_workers(jax_run):
 
 
 @pytest.mark.slow
+@pytest.mark.apps
 @JOB_LIMIT
 def test_jax_windows_carry_the_optimizer_state(jax_run):
     assert jax_run["window_steps"] == [4, 2, 2, 3], jax_run
@@ -119,6 +121,7 @@ def test_jax_windows_carry_the_optimizer_state(jax_run):
 
 
 @pytest.mark.slow
+@pytest.mark.apps
 @JOB_LIMIT
 def test_jax_default_trainer_reaches_the_accuracy_floor(jax_run):
     # Measured 0.94 on the digits after 8-10 epochs (TensorFlow: the same); chance is 0.10.
@@ -126,6 +129,7 @@ def test_jax_default_trainer_reaches_the_accuracy_floor(jax_run):
 
 
 @pytest.mark.slow
+@pytest.mark.apps
 @JOB_LIMIT
 def test_jax_synchronous_trainer_with_validation_callback_and_sample_weights(jax_run):
     # Class 0 weighs nothing: the model learns the nine others (measured 0.91) and never
@@ -138,6 +142,7 @@ def test_jax_synchronous_trainer_with_validation_callback_and_sample_weights(jax
 
 
 @pytest.mark.slow
+@pytest.mark.apps
 @JOB_LIMIT
 def test_jax_pipeline_transform_save_load_and_evaluate(jax_run):
     assert jax_run["transform_accuracy"] >= 0.85, jax_run

@@ -80,6 +80,7 @@ def standalone_cluster(tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.apps
 @pytest.mark.timeout(600)
 def test_spark_submit_of_the_mnist_example_to_a_standalone_cluster(standalone_cluster, tmp_path):
     """ADAG's two workers in two executor JVMs (one core each) of a standalone worker, the

@@ -19,6 +19,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
+# The tuning notebook starts a Spark application of its own (it needs a SparkContext): it
+# runs with the other separate applications, in `make test-apps`.
+RUNS = [
+    pytest.param(p, marks=pytest.mark.apps) if p.stem == "tuning" else p for p in NOTEBOOKS
+]
 SMALL = {
     "DISTKERAS_EXAMPLE_EPOCHS": "1",
     "DISTKERAS_EXAMPLE_ROWS": "300",
@@ -87,7 +92,7 @@ def kernel_in_this_python(folder: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", RUNS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, connect_url, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

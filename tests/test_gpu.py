@@ -27,6 +27,7 @@ def gpu_run(tmp_path_factory):
 
 
 @pytest.mark.cluster
+@pytest.mark.apps
 def test_each_worker_makes_its_own_gpu_the_visible_one(gpu_run):
     assert gpu_run["num_workers"] == 2  # the GPU task slots: 2 GPUs, 1 per task (4 cores)
     workers = sorted(gpu_run["workers"], key=lambda w: w["gpu_addresses"])
@@ -45,6 +46,7 @@ def test_each_worker_makes_its_own_gpu_the_visible_one(gpu_run):
 
 
 @pytest.mark.cluster
+@pytest.mark.apps
 def test_too_many_workers_for_the_gpus_fail_before_the_job(gpu_run):
     failure = gpu_run["too_many"]
     assert failure["jobs"] == []
@@ -54,6 +56,7 @@ def test_too_many_workers_for_the_gpus_fail_before_the_job(gpu_run):
 
 
 @pytest.mark.cluster
+@pytest.mark.apps
 def test_gpus_given_but_not_seen_fail_without_the_cpu_fallback(gpu_run):
     for failure in gpu_run["no_fallback"], gpu_run["predictor_no_fallback"]:
         assert "DeviceError" in failure["error"]
@@ -63,6 +66,7 @@ def test_gpus_given_but_not_seen_fail_without_the_cpu_fallback(gpu_run):
 
 
 @pytest.mark.cluster
+@pytest.mark.apps
 def test_inference_tasks_take_their_gpus_and_a_half_gpu_is_shared(gpu_run):
     shared = gpu_run["shared"]  # a barrier stage at 0.5 GPU per task: both run at once
     assert [r["addresses"] for r in shared] == [["0"], ["0"]]
@@ -74,6 +78,7 @@ def test_inference_tasks_take_their_gpus_and_a_half_gpu_is_shared(gpu_run):
 
 
 @pytest.mark.cluster
+@pytest.mark.apps
 def test_a_reused_python_worker_switches_to_the_gpus_of_its_new_task(gpu_run):
     earlier = {r["pid"]: r for r in gpu_run["shared"]}
     earlier.update({w["pid"]: w for w in gpu_run["workers"]})  # (never both: pids differ)

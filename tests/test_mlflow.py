@@ -46,7 +46,8 @@ def test_fit_in_a_run_logs_its_parameters_epochs_figures_and_a_model_that_serves
     assert params["trainer"] == "ADAG" and params["algorithm"] == "ADAG"
     assert (params["num_workers"], params["communication_window"]) == ("2", "3")
     assert (params["batch_size"], params["epochs"]) == ("16", "2")
-    assert params["optimizer_name"] == "adam" and float(params["optimizer_learning_rate"]) > 0
+    assert params["optimizer_name"].startswith("adam")  # Keras numbers later instances
+    assert float(params["optimizer_learning_rate"]) > 0
     assert logged.data.tags[FIT_TAG] == "ADAG"
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.history)
     for key, values in history.history.items():  # one value per epoch, as History has it
