@@ -21,9 +21,7 @@ EXAMPLES = ROOT / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 # The tuning notebook starts a Spark application of its own (it needs a SparkContext): it
 # runs with the other separate applications, in `make test-apps`.
-RUNS = [
-    pytest.param(p, marks=pytest.mark.apps) if p.stem == "tuning" else p for p in NOTEBOOKS
-]
+RUNS = [pytest.param(p, marks=pytest.mark.apps) if p.stem == "tuning" else p for p in NOTEBOOKS]
 SMALL = {
     "DISTKERAS_EXAMPLE_EPOCHS": "1",
     "DISTKERAS_EXAMPLE_ROWS": "300",
