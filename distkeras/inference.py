@@ -54,7 +54,7 @@ def make_plan(
         else ModelSpec.uncompiled(model, custom_objects=custom_objects)
     )
     digest = hashlib.sha256(f"{spec.architecture}\0{spec.compile_config}".encode())
-    digest.update(spec.objects)
+    digest.update(spec.objects_key.encode())
     for weight in spec.weights:
         digest.update(f"{weight.dtype}{weight.shape}".encode())
         digest.update(np.ascontiguousarray(weight).data)

@@ -1,18 +1,18 @@
-"""The user's objects a model refers to by name, packed to travel with it by value.
+"""The user's objects a model refers to by name, checked to travel with it by value.
 
 collect: on the driver, the classes and functions outside Keras that a model's
 serialized configuration names, resolved as Keras resolves them there (the `custom_objects`
 given, the active scope, the registry) or taken from the live model (its own classes, its
-layers' functions, its compile arguments). pack/unpack: those objects as cloudpickle bytes,
-the way Spark ships a UDF's code; they travel inside the Spark task closure only, never
-over the parameter server's wire.
+layers' functions, its compile arguments). check_shippable: that cloudpickle, Spark's own
+serializer of a task's closure, can ship them (by value for `__main__` and local code), and
+their fingerprint. They travel inside the Spark task closure as Spark ships a UDF's code:
+nothing here unpickles, and nothing of this goes over the parameter server's wire.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -67,18 +67,19 @@ def collect(
     return found
 
 
-def pack(objects: Mapping[str, Any]) -> bytes:
-    """`objects` as cloudpickle bytes (classes and functions of `__main__` by value).
+def check_shippable(objects: Mapping[str, Any]) -> str:
+    """Checks that cloudpickle can ship `objects`; returns their fingerprint ("" for none),
+    a part of the executors' cache keys (a redefined class is a new model).
 
     Raises:
         TypeError: naming the object that cannot be pickled, and why.
     """
     if not objects:
-        return b""
+        return ""
     import cloudpickle
 
     try:
-        return cloudpickle.dumps(dict(objects))
+        return hashlib.sha256(cloudpickle.dumps(dict(objects))).hexdigest()[:16]
     except Exception as error:
         for name, obj in objects.items():
             try:
@@ -91,18 +92,6 @@ def pack(objects: Mapping[str, Any]) -> bytes:
                     "`call`, not in the object's state)."
                 ) from cause
         raise TypeError(f"The model's custom objects cannot be pickled: {error}") from error
-
-
-def unpack(blob: bytes) -> dict[str, Any]:
-    """The objects `pack` made (on an executor: the driver's classes, rebuilt by value)."""
-    if not blob:
-        return {}
-    return pickle.loads(blob)  # bytes from the driver, through the Spark task closure
-
-
-def fingerprint(blob: bytes) -> str:
-    """A short digest of packed objects (a cache key part: a redefined class changes it)."""
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _dicts(node: Any) -> Iterator[dict]:

@@ -2,9 +2,9 @@
 
 ModelSpec holds what rebuilds a model anywhere: its architecture (JSON), its weights
 (numpy arrays), its compile configuration (JSON) and the user's classes and functions these
-name (model_objects: cloudpickle bytes, by value, as Spark ships a UDF); a model whose
+name (model_objects; Spark's cloudpickle ships them by value, as a UDF's code); a model whose
 layers keep assets outside their weights (the vocabulary of TextVectorization, StringLookup)
-also travels as its `.keras` archive. It holds no live Keras objects, so it travels inside
+also travels as its `.keras` archive. It holds no live Keras model, so it travels inside
 a Spark task closure. set_weights: weights in, and the state layers derive from them.
 """
 
@@ -141,14 +141,17 @@ class ModelSpec:
         weights: the model's weights, in `model.get_weights()` order.
         compile_config: JSON of the compile arguments (optimizer, loss, metrics, ...).
         archive: the model's `.keras` file when a layer has assets (vocabularies), else None.
-        objects: the user's classes and functions the JSON names (`model_objects.pack`).
+        objects: the user's classes and functions the JSON names (`model_objects.collect`);
+            Spark's cloudpickle ships them by value with the task, as a UDF's code.
+        objects_key: their fingerprint (`model_objects.check_shippable`).
     """
 
     architecture: str
     weights: list[np.ndarray]
     compile_config: str
     archive: bytes | None = None
-    objects: bytes = b""
+    objects: dict = dataclasses.field(default_factory=dict)
+    objects_key: str = ""
 
     @classmethod
     def from_model(
@@ -187,7 +190,8 @@ class ModelSpec:
             [json.loads(compile_config)] if compile_config else []
         )
         objects = model_objects.collect(model, configs, custom_objects, also)
-        return cls(architecture, weights, compile_config, archive, model_objects.pack(objects))
+        key = model_objects.check_shippable(objects)
+        return cls(architecture, weights, compile_config, archive, objects, key)
 
     def build(self, custom_objects: dict | None = None, weights=None, compiled: bool = True):
         """Rebuilds the model with these (or the given) weights.
@@ -205,7 +209,7 @@ class ModelSpec:
             A keras.Model, compiled if `compiled`.
         """
         keras = _keras()
-        scope = {**model_objects.unpack(self.objects), **(custom_objects or {})}
+        scope = {**self.objects, **(custom_objects or {})}
         with keras.saving.custom_object_scope(scope):
             if self.archive is None:
                 model = keras.saving.deserialize_keras_object(

@@ -20,7 +20,6 @@ import logging
 import threading
 from collections.abc import Callable, Hashable
 
-from distkeras import model_objects
 from distkeras.model_spec import ModelSpec, set_weights
 
 logger = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ def model_and_runner(
         canonical_architecture(spec.compile_config),  # optimizers are named too
         batch_size,
         tuple(sorted(custom_objects or {})),
-        model_objects.fingerprint(spec.objects),
+        spec.objects_key,
         _traced_constants(spec),
     )
     built = []
