@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-apps test-fast soak lint docs check-java bench clean
+.PHONY: demo test test-apps test-torch test-fast soak lint docs check-java bench clean
 
 check-java:
 	@command -v java >/dev/null 2>&1 || { \
@@ -28,6 +28,11 @@ $(VENV)/.installed-test: setup.py | $(PY)
 	$(PIP) install --quiet -e ".[test,examples]"
 	touch $@ $(VENV)/.installed
 
+# PyTorch's PyPI wheel pulls its CUDA libraries (GBs, about 2 minutes): only `make test-torch`.
+$(VENV)/.installed-torch: setup.py $(VENV)/.installed-test
+	$(PIP) install --quiet -e ".[test,examples,torch]"
+	touch $@
+
 demo: check-java $(VENV)/.installed
 	$(PY) -m distkeras.demo
 
@@ -40,13 +45,17 @@ docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # The suite on one Spark session (and its Connect endpoint); what starts Spark applications
-# of its own (clusters, a JAX driver, the tuning notebook) is `make test-apps`, which CI
-# (.ci/run) runs next. Each stays within 15 minutes on 2 cores.
+# of its own (clusters, a JAX driver, the tuning notebook) is `make test-apps`, and the core
+# paths on PyTorch `make test-torch`, which CI (.ci/run) runs next. Each stays within 15
+# minutes on 2 cores.
 test: check-java $(VENV)/.installed-test lint docs
-	$(PY) -m pytest -q -m "not apps" --durations=10
+	$(PY) -m pytest -q -m "not apps and not torch" --durations=10
 
 test-apps: check-java $(VENV)/.installed-test
 	$(PY) -m pytest -q -m apps --durations=10
+
+test-torch: check-java $(VENV)/.installed-torch
+	$(PY) -m pytest -q -m torch --durations=5
 
 # The edit-test loop: no end-to-end accuracy runs, notebooks or clusters (tests/README.md).
 test-fast: check-java $(VENV)/.installed-test

@@ -15,7 +15,7 @@ TENSORBOARD = ["tensorboard>=2.16"]
 LAYOUT = ["import-linter>=2.0"]
 # Keras' other backends (KERAS_BACKEND=jax / torch; docs/backends.md). JAX's CPU build is
 # small, so the tests run on it too (tests/test_backends.py); PyTorch's PyPI wheel pulls its
-# CUDA libraries (GBs), so it stays out of `test` (and training on it is not there yet).
+# CUDA libraries (GBs), so it stays out of `test`: `make test-torch` installs it.
 JAX = ["jax[cpu]>=0.4.30"]
 TORCH = ["torch>=2.1"]
 # distkeras.integrations.mlflow: one MLflow run per distributed fit, a servable logged model.

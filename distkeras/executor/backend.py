@@ -5,7 +5,7 @@ naming both backends when it imported another one, makes the task's GPUs TensorF
 (executor.devices) and sizes its threads.
 check_trainable: whether workers can train on a backend (the driver asks before any job).
 window_runner: the runner of local steps for that backend (local_steps on TensorFlow,
-jax_steps on JAX). No Spark, no sockets.
+jax_steps on JAX, torch_steps on PyTorch). No Spark, no sockets.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from distkeras.executor.devices import TaskDevices, task_devices
 from distkeras.quiet import BACKEND_ENV, import_keras
 
-TRAINING_BACKENDS = ("tensorflow", "jax")
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def use_backend(backend: str, threads: int = 1, allow_cpu_fallback: bool = False) -> TaskDevices:
@@ -25,7 +25,8 @@ def use_backend(backend: str, threads: int = 1, allow_cpu_fallback: bool = False
 
     Args:
         backend: the driver's `keras.backend.backend()`.
-        threads: the backend's intra-op threads (Spark's cpus per task; TensorFlow only).
+        threads: the backend's intra-op threads (Spark's cpus per task; TensorFlow and
+            PyTorch: XLA sizes its own pool on JAX).
         allow_cpu_fallback: see executor.devices.task_devices (TensorFlow only).
 
     Returns:
@@ -47,6 +48,10 @@ def use_backend(backend: str, threads: int = 1, allow_cpu_fallback: bool = False
             f"it builds and on classic sessions), or run the driver on `{loaded}`. "
             f"Received: backend={backend!r}, executor backend={loaded!r}"
         )
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
     if devices is None:
         return _own_devices(backend)
     from distkeras.executor.threads import configure_threads
@@ -73,7 +78,7 @@ def check_trainable(backend: str) -> str:
     """Returns `backend` if workers can train on it (the driver checks before any job).
 
     Raises:
-        RuntimeError: the backend has no runner (PyTorch, say), naming those that do.
+        RuntimeError: the backend has no runner (e.g. `numpy`), naming those that do.
     """
     if backend not in TRAINING_BACKENDS:
         raise RuntimeError(
@@ -94,6 +99,10 @@ def window_runner(backend: str, model, batch_size: int):
         from distkeras.executor.local_steps import WindowRunner
 
         return WindowRunner(model, batch_size)
+    if backend == "torch":
+        from distkeras.executor.torch_steps import TorchWindowRunner
+
+        return TorchWindowRunner(model, batch_size)
     from distkeras.executor.jax_steps import JaxWindowRunner
 
     return JaxWindowRunner(model, batch_size)

@@ -67,8 +67,11 @@ class WindowRunner:
         """The running means of loss and metrics since the last `reset` ({} before a step)."""
         if not self._steps_done:
             return {}
+        from keras import ops  # a backend's tensors (PyTorch's do not take numpy's mean)
+
         return {
-            name: float(np.mean(value)) for name, value in _flat(self.model.get_metrics_result())
+            name: float(np.mean(ops.convert_to_numpy(value)))
+            for name, value in _flat(self.model.get_metrics_result())
         }
 
     def finite_loss(self) -> bool:
