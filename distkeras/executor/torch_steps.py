@@ -20,16 +20,12 @@ class TorchWindowRunner(WindowRunner):
     TensorFlow loop with Keras' PyTorch train function, one call per batch (PyTorch has no
     compiled loop over steps; Keras requires `steps_per_execution=1` there).
 
-    Args:
-        model: a compiled keras.Model.
-        batch_size: rows per step; the window's last batch may be smaller.
+    Takes WindowRunner's arguments: a compiled keras.Model and the rows per step.
     """
 
-    def __init__(self, model, batch_size: int):  # not WindowRunner's: no TensorFlow here
-        self.model = model
-        self.batch_size = batch_size
+    def __init__(self, model, batch_size: int):
+        super().__init__(model, batch_size)
         self._built = False
-        self._steps_done = 0
 
     def run(self, x, y, sample_weight=None) -> int:
         """Trains on all rows of (x, y), batch by batch, each row's loss weighted by
