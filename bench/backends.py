@@ -9,7 +9,8 @@ trainer on the workload; a later fit of one epoch on 256 rows (the fixed cost of
 the session is warm). samples/s are samples over the wall time of the `fit` call (for the
 trainer: every sample every worker trained), test accuracy is on the 2,000 test rows.
 
-Usage: .venv/bin/python bench/backends.py [--epochs 20] [--backends tensorflow,jax]
+Usage: .venv/bin/python bench/backends.py [--epochs 20] [--backends tensorflow,jax,torch]
+(default: each of the three that is installed; `make test-torch` installs PyTorch)
 """
 
 from __future__ import annotations
@@ -132,10 +133,16 @@ def print_table(results: list[dict], epochs: int) -> None:
         )
 
 
+def installed_backends() -> list[str]:
+    import importlib.util
+
+    return [name for name in ("tensorflow", "jax", "torch") if importlib.util.find_spec(name)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--backends", default="tensorflow,jax")
+    parser.add_argument("--backends", default=",".join(installed_backends()))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
