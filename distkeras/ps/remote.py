@@ -103,21 +103,24 @@ class RemoteServer:
         return self
 
     def stop(self) -> None:
-        """Stops following and closes the connection."""
+        """Stops following, keeps the center as it is now, and closes the connection."""
         self._closing.set()
         if self._thread.is_alive():
             self._thread.join(10.0)
         if self._client is not None:
+            self._pull()
             self._client.close()
+
+    def _pull(self) -> None:
+        try:
+            self._weights = self._client.pull()
+        except (OSError, DistKerasError) as exc:
+            logger.debug("could not pull from the in-cluster server: %s", exc)
 
     def get_weights(self) -> list:
         """The center as last fetched (the final one once every worker finished)."""
-        client = self._client
-        if client is not None and not self._closing.is_set():
-            try:
-                self._weights = client.pull()
-            except (OSError, DistKerasError) as exc:
-                logger.debug("could not pull from the in-cluster server: %s", exc)
+        if self._client is not None and not self._closing.is_set():
+            self._pull()
         return [np.array(w, copy=True) for w in self._weights]
 
     def set_epoch(self, epoch: int) -> None:

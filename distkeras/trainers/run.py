@@ -219,7 +219,10 @@ class TrainingRun:
                 self.job.join(timeout=10.0)
         finally:
             self.seconds = time.monotonic() - self._started
+            # Stopped first: a worker of a failed run may still commit until its task is
+            # killed, and the stats, the model's weights and the last checkpoint must be of
+            # one center (a commit landed between them in a CI run: clock 40 against 39).
+            self.server.stop()
             self.stats = {**self.server.stats(), "retries": self.monitor.retries}
             set_weights(self.monitor.model, self.server.get_weights())
             self.monitor.checkpoint()
-            self.server.stop()
