@@ -10,7 +10,10 @@ first `fit` of the process's Spark session against the 8 s target is printed onl
 `--first-fit` is given, in a fresh process (it must be the session's first job).
 
 Usage: .venv/bin/python bench/model_zoo.py [--epochs 8] [--pairs 3] [--families mlp,gru]
-    [--first-fit] [--algorithm ADAG] [--workers 2] [--window 5]
+    [--first-fit] [--algorithm ADAG] [--workers 2] [--window 5] [--worker-lr 1.41e-3]
+
+`--worker-lr` gives the workers Adam at that rate instead of the model's Adam(1e-3)
+(`worker_optimizer`): e.g. 1e-3 x sqrt(workers), see docs/performance.md, "Model zoo".
 """
 
 from __future__ import annotations
@@ -185,6 +188,15 @@ def first_session_fit(digits) -> float:
     return time.perf_counter() - started
 
 
+def with_worker_rate(trainer_args: dict, rate: float | None) -> dict:
+    """`trainer_args`, with a fresh Adam at `rate` for the workers when one is given."""
+    if rate is None:
+        return trainer_args
+    import keras
+
+    return {**trainer_args, "worker_optimizer": keras.optimizers.Adam(rate)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
@@ -194,6 +206,7 @@ def main() -> None:
     parser.add_argument("--algorithm", default=None, help="instead of the default trainer")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--window", type=int, default=None, help="communication_window")
+    parser.add_argument("--worker-lr", type=float, default=None, help="the workers' Adam rate")
     args = parser.parse_args()
 
     from distkeras.datasets import load_digits
@@ -215,7 +228,10 @@ def main() -> None:
     if args.algorithm:
         trainer_args["algorithm"] = args.algorithm
     for family in args.families.split(","):
-        runs = [pair(family, seed, digits, args.epochs, trainer_args) for seed in range(args.pairs)]
+        runs = [
+            pair(family, seed, digits, args.epochs, with_worker_rate(trainer_args, args.worker_lr))
+            for seed in range(args.pairs)
+        ]
         fit_acc = statistics.mean(r["fit"] for r in runs)
         trainer_acc = statistics.mean(r["trainer"] for r in runs)
         first = runs[0]
