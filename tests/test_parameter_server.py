@@ -157,6 +157,34 @@ def test_sixteen_clients_commit_at_once(ps):
     assert ps.clock == 80
 
 
+def test_a_snapshot_is_the_center_at_its_clock_while_commits_land(ps):
+    """Each commit adds 1: a snapshot's weights equal its clock, however commits interleave
+    (a checkpoint of the center at one clock with the clock of another failed this)."""
+    stop = threading.Event()
+
+    def commit_ones(worker_id):
+        with Client(ps.address, ps.secret, worker_id=worker_id) as client:
+            while not stop.is_set():
+                client.commit_and_pull(delta(1))
+
+    threads = [threading.Thread(target=commit_ones, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        snapshots = [ps.snapshot()]
+        deadline = time.monotonic() + 10
+        while snapshots[-1][1] < 200 and time.monotonic() < deadline:
+            snapshots.append(ps.snapshot())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert snapshots[-1][1] >= 200, len(snapshots)  # commits landed while it read
+    for weights, clock in snapshots:
+        for got in weights:
+            assert (got == clock).all(), (float(got.flat[0]), clock)
+
+
 def test_staleness_is_server_clock_minus_pull_clock():
     seen = []
 

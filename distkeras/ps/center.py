@@ -110,6 +110,11 @@ class Center:
         with self._lock:
             return [c.copy() for c in self._arrays]
 
+    def snapshot(self) -> tuple[list[np.ndarray], int]:
+        """A consistent copy of the center and the clock it is at."""
+        with self._lock:
+            return [c.copy() for c in self._arrays], self._clock
+
     def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
         """Makes a copy of `arrays` (pre-checked to match) the center."""
         with self._lock:

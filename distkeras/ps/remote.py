@@ -59,6 +59,7 @@ class RemoteServer:
         self.num_updates = 0
         self.clock = 0
         self._weights = [np.array(w, copy=True) for w in weights]
+        self._weights_clock = 0  # the clock of the center in `_weights`
         self._stats: dict = {}
         self._epoch = 0
         self._stop = False
@@ -114,6 +115,7 @@ class RemoteServer:
     def _pull(self) -> None:
         try:
             self._weights = self._client.pull()
+            self._weights_clock = int(self._client.clock)
         except (OSError, DistKerasError) as exc:
             logger.debug("could not pull from the in-cluster server: %s", exc)
 
@@ -122,6 +124,11 @@ class RemoteServer:
         if self._client is not None and not self._closing.is_set():
             self._pull()
         return [np.array(w, copy=True) for w in self._weights]
+
+    def snapshot(self) -> tuple[list, int]:
+        """The center as `get_weights` gives it, and the clock it was pulled at."""
+        weights = self.get_weights()
+        return weights, self._weights_clock
 
     def set_epoch(self, epoch: int) -> None:
         """Sent with the next poll."""

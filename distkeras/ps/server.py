@@ -410,6 +410,10 @@ class ParameterServer:
         """Returns a consistent copy of the center."""
         return self._center.get_weights()
 
+    def snapshot(self) -> tuple[list[np.ndarray], int]:
+        """Returns a consistent copy of the center and the clock it is at (a checkpoint's)."""
+        return self._center.snapshot()
+
     def set_weights(self, weights: Sequence[np.ndarray]) -> None:
         """Replaces the center's values.
 

@@ -172,7 +172,7 @@ class TrainingMonitor:
     def checkpoint(self) -> None:
         """Writes the server's center, clock and the epochs completed, if checkpointing."""
         if self.checkpointer is not None and self.server is not None:
-            weights, clock = self.server.get_weights(), self.server.clock
+            weights, clock = self.server.snapshot()  # one read: the clock of these weights
             self.checkpointer.write(self.model, weights, clock, self.epoch)
 
     def _drain(self, timeout: float) -> None:
