@@ -107,8 +107,7 @@ class Center:
 
     def get_weights(self) -> list[np.ndarray]:
         """A consistent copy of the center."""
-        with self._lock:
-            return [c.copy() for c in self._arrays]
+        return self.snapshot()[0]
 
     def snapshot(self) -> tuple[list[np.ndarray], int]:
         """A consistent copy of the center and the clock it is at."""
