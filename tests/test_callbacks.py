@@ -140,6 +140,41 @@ def test_a_rate_dropped_to_zero_part_way_stills_the_center_after_one_window(
         assert summary["learning_rates"][1:] == [0.0, 0.0, 0.0]
 
 
+def test_downpour_workers_take_adam_at_sqrt_n_times_the_rate_and_follow_a_callback_scaled(
+    mnist, tmp_path, monkeypatch
+):
+    """The default's workers train the model's Adam at √2 x its rate on 2 workers, and a rate
+    a callback sets reaches them scaled alike; the returned model keeps the model's rate."""
+    (x, y), _ = mnist
+    markers = paced(monkeypatch, tmp_path, windows_per_epoch=5)
+    model = mlp(hidden=(8,), optimizer=keras.optimizers.Adam(0.002))
+    trainer = trainers.DOWNPOUR(model, num_workers=2, batch_size=50, communication_window=2)
+    halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate if epoch < 1 else 0.001)
+    trainer.fit(x[:900], y[:900], epochs=3, callbacks=[halve, markers], verbose=0)
+    root2 = np.sqrt(2.0)
+    for summary in trainer.worker_summaries:
+        assert summary["learning_rates"] == pytest.approx([0.002 * root2] + [0.001 * root2] * 2)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.001)  # the driver's own
+
+
+def test_the_workers_rate_is_scaled_only_for_the_models_own_adaptive_optimizer():
+    from distkeras.algorithms.downpour import Downpour
+    from distkeras.algorithms.dynsgd import DynSGD
+    from distkeras.trainers.learning_rate import scaled_optimizer
+
+    scale = Downpour(5).adaptive_rate_scale(4)
+    assert scale == 2.0 and DynSGD(5).adaptive_rate_scale(4) == 1.0
+    adam = keras.optimizers.AdamW(0.003, weight_decay=0.01)
+    scaled = scaled_optimizer(adam, scale)
+    assert type(scaled) is keras.optimizers.AdamW and scaled is not adam
+    assert scaled.get_config()["learning_rate"] == pytest.approx(0.006)
+    assert scaled.get_config()["weight_decay"] == 0.01 and float(adam.learning_rate) == pytest.approx(0.003)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 100, 0.9)
+    for unscaled in (keras.optimizers.SGD(0.01), keras.optimizers.Adam(schedule)):
+        assert scaled_optimizer(unscaled, scale) is None
+    assert scaled_optimizer(adam, 1.0) is None
+
+
 def test_keras_standard_callbacks_on_one_fit(mnist, tmp_path, monkeypatch):
     (x, y), (x_val, y_val) = mnist
     markers = paced(monkeypatch, tmp_path, windows_per_epoch=5)

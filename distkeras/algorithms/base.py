@@ -88,3 +88,8 @@ class Algorithm:
         """An optimizer the workers must use instead of the model's (as an identifier that
         `keras.optimizers.get` takes), or None."""
         return None
+
+    def adaptive_rate_scale(self, num_workers: int) -> float:
+        """What the workers multiply the model's learning rate by when they train with the
+        model's own adaptive optimizer (Adam, RMSprop, ...; trainers.learning_rate): 1."""
+        return 1.0

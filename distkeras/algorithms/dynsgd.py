@@ -14,3 +14,7 @@ class DynSGD(Downpour):
 
     def server_rule(self, center, arrays, staleness):
         add_into(center, arrays, 1.0 / (staleness + 1))
+
+    def adaptive_rate_scale(self, num_workers: int) -> float:
+        """1: the staleness scaling already shrinks each commit (the model's rate, unscaled)."""
+        return 1.0

@@ -25,6 +25,7 @@ from distkeras.model_spec import (
 from distkeras.spark import get_spark_session, warmup
 from distkeras.spark.facts import gpu_request, task_cpus, task_slots
 from distkeras.trainers.checkpoint import Checkpointer, load_checkpoint
+from distkeras.trainers.learning_rate import scaled_optimizer
 from distkeras.trainers.monitor import TrainingMonitor
 from distkeras.trainers.options import CheckpointOptions, ServerOptions
 from distkeras.trainers.plan import FRAME, SHARDS, RunPlan
@@ -381,11 +382,17 @@ class Trainer:
             logger.info("resuming from %s after epoch %d", resume_from, resumed)
             first_epoch = max(first_epoch, resumed)
         train = fit_inputs.train
+        worker_optimizer = self.worker_optimizer or algorithm.worker_optimizer()
+        rate_scale = 1.0
+        if worker_optimizer is None:  # the model's own: scaled if the algorithm says so
+            scale = algorithm.adaptive_rate_scale(self.num_workers)
+            worker_optimizer = scaled_optimizer(self.model.optimizer, scale)
+            rate_scale = 1.0 if worker_optimizer is None else scale
         return RunPlan(
             algorithm=algorithm,
             spec=ModelSpec.from_model(
                 self.model,
-                self.worker_optimizer or algorithm.worker_optimizer(),
+                worker_optimizer,
                 self.loss,
                 self.metrics,
                 self.custom_objects,
@@ -404,6 +411,7 @@ class Trainer:
             worker_timeout=self.worker_timeout,
             input_shapes=tuple(inputs.row_shapes(self.model) or [None] * len(train.features)),
             allow_cpu_fallback=self.allow_cpu_fallback,
+            rate_scale=rate_scale,
         )
 
     def _run(
@@ -436,6 +444,7 @@ class Trainer:
                 if checkpoints.directory
                 else None
             ),
+            rate_scale=plan.rate_scale,
         )
         model.stop_training = False
         callback_list.on_train_begin()

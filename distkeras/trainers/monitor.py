@@ -66,6 +66,8 @@ class TrainingMonitor:
         worker_timeout: seconds a worker may stay silent before the run fails.
         first_epoch: the first epoch of this run (a resumed run starts later).
         checkpointer: an optional checkpoint.Checkpointer, asked at every loop turn.
+        rate_scale: the workers' learning rate over the driver's (RunPlan.rate_scale): a
+            rate a callback sets is published times this.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class TrainingMonitor:
         worker_timeout: float = 600.0,
         first_epoch: int = 0,
         checkpointer=None,
+        rate_scale: float = 1.0,
     ):
         self.model = model
         self.server = None
@@ -107,7 +110,7 @@ class TrainingMonitor:
         self.stopped = False
         self._stop_sent = False
         # Built before on_train_begin: the workers keep their own rate until a callback sets one.
-        self._rates = RatePublisher(model.optimizer)
+        self._rates = RatePublisher(model.optimizer, rate_scale)
 
     def attach(self, server) -> None:
         """Binds the run's ParameterServer (or placement.RemoteServer), before it serves."""

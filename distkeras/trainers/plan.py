@@ -40,6 +40,9 @@ class RunPlan:
         input_shapes: per input, the shape without batch that flat rows take, or None.
         allow_cpu_fallback: workers given GPUs that TensorFlow cannot see train on the CPU
             (else they fail naming them).
+        rate_scale: the workers' learning rate over the model's (the algorithm's
+            adaptive_rate_scale when the workers train with the model's adaptive optimizer,
+            else 1).
     """
 
     algorithm: Algorithm
@@ -58,6 +61,7 @@ class RunPlan:
     worker_timeout: float = 600.0
     input_shapes: tuple = ()
     allow_cpu_fallback: bool = False
+    rate_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.data_path not in (SHARDS, FRAME):
