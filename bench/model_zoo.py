@@ -244,6 +244,8 @@ def main() -> None:
             f"{'ok' if trainer_acc >= fit_acc - 0.01 else 'under'} accuracy",
             flush=True,
         )
+        diffs = " ".join(f"{100 * (r['trainer'] - r['fit']):+.1f}" for r in runs)
+        print(f"{'':<18} pairs' differences (points): {diffs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ def test_the_workers_rate_is_scaled_only_for_the_models_own_adaptive_optimizer()
     scaled = scaled_optimizer(adam, scale)
     assert type(scaled) is keras.optimizers.AdamW and scaled is not adam
     assert scaled.get_config()["learning_rate"] == pytest.approx(0.006)
-    assert scaled.get_config()["weight_decay"] == 0.01 and float(adam.learning_rate) == pytest.approx(0.003)
+    assert scaled.get_config()["weight_decay"] == 0.01
+    assert float(adam.learning_rate) == pytest.approx(0.003)  # the model's own, untouched
     schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 100, 0.9)
     for unscaled in (keras.optimizers.SGD(0.01), keras.optimizers.Adam(schedule)):
         assert scaled_optimizer(unscaled, scale) is None

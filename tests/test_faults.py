@@ -53,16 +53,60 @@ def server_threads():
     return [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_failed_worker_is_retried_from_the_current_center(tmp_path):
-    marker = tmp_path / "fault-done"
-    code, result = run_job(
-        "--master", "local[2,2]", "--trainer", "DOWNPOUR", "--epochs", "3",
-        "--fault", f"0:60:fail:{marker}", "--fault-after-epoch", "1",
+@pytest.fixture(scope="module")
+def retried_then_interrupted(tmp_path_factory):
+    """One job process on local[2,2] (Spark retries a failed task): a DOWNPOUR run whose
+    worker 0 fails in its third epoch, then a long run stopped by SIGINT once its second
+    epoch ended. One process for both: each start pays Spark's and TensorFlow's start-up.
+
+    Returns the retried run's result, the interrupted run's, the time of the signal, the
+    job's exit code, the fault's marker and the long run's checkpoint folder.
+    """
+    folder = tmp_path_factory.mktemp("faults")
+    marker, checkpoints = folder / "fault-done", folder / "ckpt"
+    with socket.socket() as probe:  # a port free now, so that the job can check it is freed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    job = subprocess.Popen(
+        [sys.executable, str(JOB), "--master", "local[2,2]", "--trainer", "DOWNPOUR",
+         "--epochs", "3", "--fault", f"0:60:fail:{marker}", "--fault-after-epoch", "1",
+         "--then-interrupt", str(port), str(checkpoints)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )  # fmt: skip  # 25 commits per epoch: worker 0 fails in its third epoch, the driver
     # having ended the second (worker 1 may be slower or faster)
-    assert code == 0, result
+    lines = queue.Queue()  # the job's stdout, read by a thread so that every wait is bounded
+    reader = threading.Thread(target=lambda: [*map(lines.put, job.stdout), lines.put(None)])
+    reader.start()
+    out, signalled = [], None
+    deadline = time.monotonic() + 480  # Spark's start-up at a load of 20: minutes
+
+    def read_until(prefix: str) -> bool:
+        """Reads the job's lines until one starts with `prefix` (False: the job ended)."""
+        while (line := lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            out.append(line)
+            if line.startswith(prefix):
+                return True
+        return False
+
+    try:
+        if read_until("{") and read_until("long epoch 1"):  # first result; long run going
+            signalled = time.time()
+            job.send_signal(signal.SIGINT)
+        job.wait(timeout=60)
+    finally:
+        job.kill()
+        reader.join(30)
+    text = "".join(out + [line for line in list(lines.queue) if line])
+    results = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert len(results) == 2, f"exit code {job.returncode}, out: {text[-2000:]}"
+    return results[0], results[1], signalled, job.returncode, marker, checkpoints
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_failed_worker_is_retried_from_the_current_center(retried_then_interrupted):
+    result, _, _, _, marker, _ = retried_then_interrupted
     assert marker.exists()  # the fault did happen
     stats = result["stats"]
     assert stats["retries"] == 1
@@ -135,36 +179,11 @@ def test_a_failed_run_keeps_the_center_and_a_checkpoint_of_it(mnist, tmp_path, m
 
 
 @pytest.mark.timeout(900)
-def test_ctrl_c_stops_quickly_and_keeps_the_weights(tmp_path):
-    checkpoints = tmp_path / "ckpt"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    with socket.socket() as probe:  # a port free now, so that the job can check it is freed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    job = subprocess.Popen(
-        [sys.executable, str(JOB), "--trainer", "DOWNPOUR", "--epochs", "200", "--rows", "2000",
-         "--ps-port", str(port), "--checkpoint-dir", str(checkpoints)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
-    lines = queue.Queue()  # the job's stdout, read by a thread so that every wait is bounded
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in job.stdout])
-    reader.start()
-    out = []
-    try:
-        deadline = time.monotonic() + 480  # Spark's start-up at a load of 20: minutes
-        while not (out and out[-1].startswith("epoch 1")):  # wait until training is under way
-            out.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
-        signalled = time.time()
-        job.send_signal(signal.SIGINT)
-        job.wait(timeout=60)
-    finally:
-        job.kill()
-        reader.join(30)
-    out = "".join(out + list(lines.queue))
-    results = [line for line in out.splitlines() if line.startswith("{")]
-    assert results, f"the job printed no result (exit code {job.returncode}): {out[-2000:]}"
-    result = json.loads(results[-1])
-    assert job.returncode == 130 and result["interrupted"]
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_stops_quickly_and_keeps_the_weights(retried_then_interrupted):
+    _, result, signalled, code, _, checkpoints = retried_then_interrupted
+    assert code == 130 and result["interrupted"]
     assert result["ended"] - signalled < 15
     assert result["port_free"], result
     assert result["weights_finite"] and result["updates"] > 0, result

@@ -2,7 +2,8 @@
 
 Trains the tests' MLP on MNIST with one trainer and prints one JSON line: test accuracy,
 parameter-server stats and worker summaries, or {"interrupted": ...} after Ctrl-C.
-Prints "epoch N" after each epoch so that a test can time its signal.
+Prints "epoch N" after each epoch so that a test can time its signal; `--then-interrupt`
+runs a second fit after the first's result, for a Ctrl-C test to share the process.
 """
 
 import argparse
@@ -25,14 +26,15 @@ from distkeras.trainers import run as trainers_run
 class EpochPrinter(keras.callbacks.Callback):
     """Prints "epoch N" after each epoch and, given a path, leaves `<path>.epoch-N` too."""
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, prefix=""):
         super().__init__()
         self.path = path
+        self.prefix = prefix
 
     def on_epoch_end(self, epoch, logs=None):
         if self.path is not None:
             open(f"{self.path}.epoch-{epoch}", "w").close()
-        print(f"epoch {epoch}", flush=True)
+        print(f"{self.prefix}epoch {epoch}", flush=True)
 
 
 def port_is_free(port: int) -> bool:
@@ -43,6 +45,69 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def mnist_mlp(learning_rate: float):
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy")
+    return model
+
+
+def train(args, mnist, epochs, rows, fault=None, ps_port=0, checkpoint_dir=None, prefix=""):
+    """One fit; returns its JSON result, or prints {"interrupted": ...} and exits with 130
+    after Ctrl-C."""
+    (x, y), (x_test, y_test) = mnist
+    model = mnist_mlp(args.learning_rate)
+    trainer = getattr(trainers, args.trainer)(
+        model,
+        num_workers=2,
+        seed=0,
+        ps_port=ps_port,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_interval=1.0,
+    )
+    marker = None  # the fault's marker file; the driver's epoch files are named after it
+    plain_plan = trainers_run.WorkerPlan
+    if fault:
+        worker, after, action, marker = fault.split(":")
+        wait_for = (
+            None if args.fault_after_epoch is None else f"{marker}.epoch-{args.fault_after_epoch}"
+        )
+        # The executors cannot import this folder's modules: the hook travels by value.
+        cloudpickle.register_pickle_by_value(faults)
+        hook = faults.exchange_fault(int(worker), int(after), action, marker, wait_for=wait_for)
+        trainers_run.WorkerPlan = faults.plan_with(hook)
+    started = time.monotonic()
+    try:
+        trainer.fit(
+            x[:rows], y[:rows], epochs=epochs, callbacks=[EpochPrinter(marker, prefix)], verbose=0
+        )
+    except KeyboardInterrupt:
+        result = {
+            "interrupted": True,
+            "port_free": port_is_free(ps_port),
+            "updates": trainer.parameter_server_stats.get("num_updates"),
+            "weights_finite": bool(all(np.isfinite(w).all() for w in trainer.model.get_weights())),
+            "ended": time.time(),
+        }
+        print(json.dumps(result), flush=True)
+        sys.exit(130)
+    finally:
+        trainers_run.WorkerPlan = plain_plan
+    predictions = np.argmax(model.predict(x_test, verbose=0), axis=1)
+    return {
+        "accuracy": float(np.mean(predictions == y_test)),
+        "stats": trainer.parameter_server_stats,
+        "summaries": trainer.worker_summaries,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def main() -> None:
@@ -61,66 +126,25 @@ def main() -> None:
     )
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--ps-port", type=int, default=0)
+    parser.add_argument(
+        "--then-interrupt",
+        nargs=2,
+        metavar=("PS_PORT", "CHECKPOINT_DIR"),
+        default=None,
+        help="after the first run, a second one of 200 epochs on 2,000 rows, printing "
+        '"long epoch N", for a test to stop with Ctrl-C (its server on PS_PORT)',
+    )
     args = parser.parse_args()
 
     spark = get_spark_session(args.master, app_name="distkeras-test-job")
-    (x, y), (x_test, y_test) = load_mnist()
-    model = keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
+    mnist = load_mnist()
+    result = train(
+        args, mnist, args.epochs, args.rows, args.fault, args.ps_port, args.checkpoint_dir
     )
-    model.compile(keras.optimizers.Adam(args.learning_rate), "sparse_categorical_crossentropy")
-    trainer = getattr(trainers, args.trainer)(
-        model,
-        num_workers=2,
-        seed=0,
-        ps_port=args.ps_port,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_interval=1.0,
-    )
-    marker = None  # the fault's marker file; the driver's epoch files are named after it
-    if args.fault:
-        worker, after, action, marker = args.fault.split(":")
-        wait_for = (
-            None if args.fault_after_epoch is None else f"{marker}.epoch-{args.fault_after_epoch}"
-        )
-        # The executors cannot import this folder's modules: the hook travels by value.
-        cloudpickle.register_pickle_by_value(faults)
-        hook = faults.exchange_fault(int(worker), int(after), action, marker, wait_for=wait_for)
-        trainers_run.WorkerPlan = faults.plan_with(hook)
-    started = time.monotonic()
-    try:
-        trainer.fit(
-            x[: args.rows],
-            y[: args.rows],
-            epochs=args.epochs,
-            callbacks=[EpochPrinter(marker)],
-            verbose=0,
-        )
-    except KeyboardInterrupt:
-        result = {
-            "interrupted": True,
-            "seconds_after_signal": None,
-            "port_free": port_is_free(args.ps_port),
-            "updates": trainer.parameter_server_stats.get("num_updates"),
-            "weights_finite": bool(all(np.isfinite(w).all() for w in trainer.model.get_weights())),
-            "ended": time.time(),
-        }
-        print(json.dumps(result), flush=True)
-        sys.exit(130)
-    predictions = np.argmax(model.predict(x_test, verbose=0), axis=1)
-    result = {
-        "accuracy": float(np.mean(predictions == y_test)),
-        "stats": trainer.parameter_server_stats,
-        "summaries": trainer.worker_summaries,
-        "seconds": time.monotonic() - started,
-        "master": spark.sparkContext.master,
-    }
-    print(json.dumps(result), flush=True)
+    print(json.dumps({**result, "master": spark.sparkContext.master}), flush=True)
+    if args.then_interrupt:
+        port, folder = args.then_interrupt
+        train(args, mnist, 200, 2000, ps_port=int(port), checkpoint_dir=folder, prefix="long ")
     spark.stop()
 
 
