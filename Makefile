@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-apps test-torch test-fast soak lint docs check-java bench clean
+.PHONY: demo test test-apps test-accuracy test-torch test-fast soak lint docs check-java bench clean
 
 check-java:
 	@command -v java >/dev/null 2>&1 || { \
@@ -45,11 +45,15 @@ docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # The suite on one Spark session (and its Connect endpoint); what starts Spark applications
-# of its own (clusters, a JAX driver, the tuning notebook) is `make test-apps`, and the core
+# of its own (clusters, a JAX driver, the tuning notebook) is `make test-apps`, the default
+# trainer's accuracy against model.fit per model family `make test-accuracy`, and the core
 # paths on PyTorch `make test-torch`, which CI (.ci/run) runs next. Each stays within 15
 # minutes on 2 cores.
 test: check-java $(VENV)/.installed-test lint docs
-	$(PY) -m pytest -q -m "not apps and not torch" --durations=10
+	$(PY) -m pytest -q -m "not apps and not torch and not accuracy" --durations=10
+
+test-accuracy: check-java $(VENV)/.installed-test
+	$(PY) -m pytest -q -rP -m accuracy --durations=5
 
 test-apps: check-java $(VENV)/.installed-test
 	$(PY) -m pytest -q -m apps --durations=10
@@ -59,7 +63,7 @@ test-torch: check-java $(VENV)/.installed-torch
 
 # The edit-test loop: no end-to-end accuracy runs, notebooks or clusters (tests/README.md).
 test-fast: check-java $(VENV)/.installed-test
-	$(PY) -m pytest -q -x -m "not slow and not cluster" --durations=5
+	$(PY) -m pytest -q -x -m "not slow and not cluster and not accuracy" --durations=5
 
 # The parameter server under 16 clients for five minutes (`make test` runs 5 s of it).
 soak: $(VENV)/.installed-test

@@ -218,7 +218,7 @@ def main() -> None:
     else:
         from distkeras.spark import get_spark_session
 
-        get_spark_session("local[2]")
+        get_spark_session(f"local[{max(2, args.workers)}]")
     pair("mlp", 99, digits, 1)  # warm: the executors import TensorFlow
     print(
         f"{'family':<18} {'fit acc':>8} {'trainer':>8} {'diff':>6} {'fit s':>6} "

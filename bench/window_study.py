@@ -6,7 +6,7 @@ batch 32, 20 epochs, 2 workers on `local[2]`, cached DataFrame): each repetition
 every run's accuracy minus `fit`'s of the same repetition and its samples/s over `fit`'s.
 Part 2, short runs (5 epochs): the center's test accuracy at every epoch end, mean and
 lowest over the repetitions, next to `model.fit`'s. Part 3, scikit-learn's digits
-(tests/test_default_trainer.py's setting: MLP 64-64-10, 30 epochs, about 22 steps per
+(tests/test_accuracy.py's setting: MLP 64-64-10, 30 epochs, about 22 steps per
 worker and epoch): accuracy of `fit` and of each window.
 
 Usage: .venv/bin/python bench/window_study.py [--repeat 4] [--windows 10,20]

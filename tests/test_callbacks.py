@@ -140,10 +140,10 @@ def test_a_rate_dropped_to_zero_part_way_stills_the_center_after_one_window(
         assert summary["learning_rates"][1:] == [0.0, 0.0, 0.0]
 
 
-def test_downpour_workers_take_adam_at_sqrt_n_times_the_rate_and_follow_a_callback_scaled(
+def test_downpour_workers_take_adam_at_twice_the_rate_and_follow_a_callback_scaled(
     mnist, tmp_path, monkeypatch
 ):
-    """The default's workers train the model's Adam at √2 x its rate on 2 workers, and a rate
+    """The default's workers train the model's Adam at 2 x its rate on 2 workers, and a rate
     a callback sets reaches them scaled alike; the returned model keeps the model's rate."""
     (x, y), _ = mnist
     markers = paced(monkeypatch, tmp_path, windows_per_epoch=5)
@@ -151,9 +151,8 @@ def test_downpour_workers_take_adam_at_sqrt_n_times_the_rate_and_follow_a_callba
     trainer = trainers.DOWNPOUR(model, num_workers=2, batch_size=50, communication_window=2)
     halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate if epoch < 1 else 0.001)
     trainer.fit(x[:900], y[:900], epochs=3, callbacks=[halve, markers], verbose=0)
-    root2 = np.sqrt(2.0)
     for summary in trainer.worker_summaries:
-        assert summary["learning_rates"] == pytest.approx([0.002 * root2] + [0.001 * root2] * 2)
+        assert summary["learning_rates"] == pytest.approx([0.004, 0.002, 0.002])
     assert float(model.optimizer.learning_rate) == pytest.approx(0.001)  # the driver's own
 
 
@@ -162,8 +161,10 @@ def test_the_workers_rate_is_scaled_only_for_the_models_own_adaptive_optimizer()
     from distkeras.algorithms.dynsgd import DynSGD
     from distkeras.trainers.learning_rate import scaled_optimizer
 
-    scale = Downpour(5).adaptive_rate_scale(4)
-    assert scale == 2.0 and DynSGD(5).adaptive_rate_scale(4) == 1.0
+    scales = [Downpour(5).adaptive_rate_scale(n) for n in (1, 2, 4)]
+    assert scales == pytest.approx([1.0, 2.0, np.sqrt(8.0)])
+    assert DynSGD(5).adaptive_rate_scale(4) == 1.0
+    scale = 2.0
     adam = keras.optimizers.AdamW(0.003, weight_decay=0.01)
     scaled = scaled_optimizer(adam, scale)
     assert type(scaled) is keras.optimizers.AdamW and scaled is not adam
