@@ -13,7 +13,8 @@ Usage: .venv/bin/python bench/model_zoo.py [--epochs 8] [--pairs 3] [--families 
     [--first-fit] [--algorithm ADAG] [--workers 2] [--window 5] [--worker-lr 1.41e-3]
 
 `--worker-lr` gives the workers Adam at that rate instead of the model's Adam(1e-3)
-(`worker_optimizer`): e.g. 1e-3 x sqrt(workers), see docs/performance.md, "Model zoo".
+(`worker_optimizer`, which DOWNPOUR does not scale): how the default's rate scale was
+chosen, see docs/performance.md, "Model zoo". `--workers N` runs on `local[N]`.
 """
 
 from __future__ import annotations

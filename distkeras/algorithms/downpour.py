@@ -21,7 +21,7 @@ class Downpour(Algorithm):
         """√(2 n) for n ≥ 2 workers (2 at two, 2.8 at four), 1 for one: measured, not derived.
         The workers' deltas are summed, but each is computed from a center that lacks the
         others' latest commits, and at the model's rate the run lags `model.fit`: on 2
-        workers a GRU ended 8.6 points below it at 8 epochs, 1.9-3.7 below at √2 x the rate,
+        workers a GRU ended 8.6 points below it at 8 epochs, 0.9-3.7 below at √2 x the rate,
         2.4 above at 2 x, with every other family of the model zoo within 1 point or above;
         on 4 workers the GRU ended 0.9 below at 2 x, 3.6 above at 4 x (docs/performance.md,
         "Model zoo"). Beyond 2 it grows as the square-root rule for adaptive optimizers
