@@ -15,9 +15,10 @@ from distkeras.executor.learning_rate import FIELD, settable_rate
 
 logger = logging.getLogger(__name__)
 
-# Optimizers whose steps are normalised per coordinate by a running second moment: the ones
-# the square-root rule is about (SGD's rate is linear in the batch; Lion and Adafactor are
-# sign or relative steps, Adadelta has no rate to speak of).
+# Optimizers whose steps are normalised per coordinate by a running second moment, so that a
+# step's size is about the rate itself: the ones DOWNPOUR's measured scale is for (SGD's steps
+# grow with the gradient; Lion and Adafactor take sign or relative steps; Adadelta has no
+# rate to speak of).
 ADAPTIVE = ("Adam", "AdamW", "Adamax", "Nadam", "RMSprop", "Adagrad")
 
 
