@@ -47,7 +47,7 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def mnist_mlp(learning_rate: float):
+def mnist_mlp():
     model = keras.Sequential(
         [
             keras.Input((784,)),
@@ -56,7 +56,7 @@ def mnist_mlp(learning_rate: float):
             keras.layers.Dense(10, activation="softmax"),
         ]
     )
-    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy")
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     return model
 
 
@@ -64,7 +64,7 @@ def train(args, mnist, epochs, rows, fault=None, ps_port=0, checkpoint_dir=None,
     """One fit; returns its JSON result, or prints {"interrupted": ...} and exits with 130
     after Ctrl-C."""
     (x, y), (x_test, y_test) = mnist
-    model = mnist_mlp(args.learning_rate)
+    model = mnist_mlp()
     trainer = getattr(trainers, args.trainer)(
         model,
         num_workers=2,
@@ -115,8 +115,6 @@ def main() -> None:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--trainer", default="ADAG")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=8000)
-    parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--fault", default=None, help="worker:after_commits:action:marker")
     parser.add_argument(
         "--fault-after-epoch",
@@ -124,8 +122,6 @@ def main() -> None:
         default=None,
         help="the fault waits until the driver has ended this epoch (0-based)",
     )
-    parser.add_argument("--checkpoint-dir", default=None)
-    parser.add_argument("--ps-port", type=int, default=0)
     parser.add_argument(
         "--then-interrupt",
         nargs=2,
@@ -138,9 +134,7 @@ def main() -> None:
 
     spark = get_spark_session(args.master, app_name="distkeras-test-job")
     mnist = load_mnist()
-    result = train(
-        args, mnist, args.epochs, args.rows, args.fault, args.ps_port, args.checkpoint_dir
-    )
+    result = train(args, mnist, args.epochs, 8000, args.fault)
     print(json.dumps({**result, "master": spark.sparkContext.master}), flush=True)
     if args.then_interrupt:
         port, folder = args.then_interrupt
